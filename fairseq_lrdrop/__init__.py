@@ -1,0 +1,16 @@
+"""fairseq-lrdrop: Layer-wise Regularized Dropout (LR-Drop) and R-Drop for stock fairseq.
+
+Use it as `--user-dir fairseq_lrdrop`. Importing the package registers the criterion
+`lr_drop_label_smoothed_cross_entropy`, the models `lr_drop_transformer` / `lr_drop_bart` and
+their architectures, and makes fairseq's checkpoint loading work on torch >= 2.6 (see
+modules/checkpoint_loading.py). The loss mathematics (`fairseq_lrdrop.losses`) needs only torch.
+"""
+import importlib.util
+
+__version__ = "0.1.0"
+
+if importlib.util.find_spec("fairseq") is not None:
+    from . import criterions, models  # noqa: F401  (registration)
+    from .modules.checkpoint_loading import install_safe_checkpoint_loading
+
+    install_safe_checkpoint_loading()

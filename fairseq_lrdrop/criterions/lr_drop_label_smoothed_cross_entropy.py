@@ -1,0 +1,263 @@
+"""`lr_drop_label_smoothed_cross_entropy`: label-smoothed CE + LR-Drop's consistency terms.
+
+    L = L_CE(pass 1) + L_CE(pass 2) + alpha * L_HSR + beta * L_MHAR + gamma * L_OR
+
+Training runs ONE forward over the concatenated batch [x; x] (two dropout masks). Validation
+and inference run the stock single pass. With alpha = beta = 0 this is R-Drop (and equals
+fairseq's label_smoothed_cross_entropy_with_rdrop at rdrop_alpha = gamma); with all three
+weights 0 it is stock label_smoothed_cross_entropy.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import torch
+from fairseq import utils
+from fairseq.criterions import register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import (
+    LabelSmoothedCrossEntropyCriterion,
+    LabelSmoothedCrossEntropyCriterionConfig,
+    label_smoothed_nll_loss,
+)
+from fairseq.logging import metrics
+
+from fairseq_lrdrop.errors import UsageError
+from fairseq_lrdrop.losses import (
+    attention_consistency,
+    hidden_state_consistency,
+    output_consistency,
+    split_passes,
+)
+from fairseq_lrdrop.modules.layer_states import ATTENTION_MODULES, LayerStateRequest
+
+REG_TERMS = ("hidden_reg", "attn_reg", "output_reg")
+
+
+@dataclass
+class LRDropLabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig):
+    hidden_reg_weight: float = field(
+        default=1.0,
+        metadata={"help": "alpha: weight of the hidden-state consistency term L_HSR (0: off)"},
+    )
+    attn_reg_weight: float = field(
+        default=1.0,
+        metadata={"help": "beta: weight of the attention consistency term L_MHAR (0: off)"},
+    )
+    output_reg_weight: float = field(
+        default=5.0,
+        metadata={"help": "gamma: weight of the output consistency term L_OR, R-Drop's KL (0: off)"},
+    )
+    attn_reg_modules: str = field(
+        default=",".join(ATTENTION_MODULES),
+        metadata={"help": "comma-separated attention modules regularized by L_MHAR, "
+                  "from: " + ", ".join(ATTENTION_MODULES)},
+    )
+    reg_encoder_layers: str = field(
+        default="all",
+        metadata={"help": "encoder layers (0-based, comma-separated; 'all' or 'none') "
+                  "whose hidden states and attention are regularized"},
+    )
+    reg_decoder_layers: str = field(
+        default="all",
+        metadata={"help": "decoder layers (0-based, comma-separated; 'all' or 'none') "
+                  "whose hidden states and attention are regularized"},
+    )
+
+
+def _check_weight(flag: str, value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"{flag} must be a finite number >= 0 (got {value}); 0 turns the term off")
+    return float(value)
+
+
+def _parse_layers(flag: str, spec: str) -> Optional[Tuple[int, ...]]:
+    """'all' -> None (every layer), 'none' or '' -> (), '0,2,5' -> (0, 2, 5)."""
+    spec = spec.strip().lower()
+    if spec == "all":
+        return None
+    if spec in ("", "none"):
+        return ()
+    try:
+        layers = tuple(int(part) for part in spec.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} takes 'all', 'none' or 0-based layer indices like 0,2,5 (got {spec!r})")
+    if any(layer < 0 for layer in layers):
+        raise UsageError(f"{flag} takes 0-based layer indices >= 0 (got {spec!r})")
+    return layers
+
+
+def _unwrap(model):
+    """The fairseq model inside DDP / proxy wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+@register_criterion(
+    "lr_drop_label_smoothed_cross_entropy", dataclass=LRDropLabelSmoothedCrossEntropyConfig
+)
+class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
+    def __init__(
+        self,
+        task,
+        sentence_avg,
+        label_smoothing,
+        ignore_prefix_size=0,
+        report_accuracy=False,
+        hidden_reg_weight=1.0,
+        attn_reg_weight=1.0,
+        output_reg_weight=5.0,
+        attn_reg_modules=",".join(ATTENTION_MODULES),
+        reg_encoder_layers="all",
+        reg_decoder_layers="all",
+    ):
+        super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        self.hidden_reg_weight = _check_weight("--hidden-reg-weight", hidden_reg_weight)
+        self.attn_reg_weight = _check_weight("--attn-reg-weight", attn_reg_weight)
+        self.output_reg_weight = _check_weight("--output-reg-weight", output_reg_weight)
+        modules = tuple(m.strip() for m in attn_reg_modules.split(",") if m.strip())
+        unknown = [m for m in modules if m not in ATTENTION_MODULES]
+        if unknown:
+            raise UsageError(
+                f"--attn-reg-modules: unknown module {unknown[0]!r}; "
+                f"choose from {','.join(ATTENTION_MODULES)}"
+            )
+        self.attn_reg_modules = modules
+        self.encoder_layers = _parse_layers("--reg-encoder-layers", reg_encoder_layers)
+        self.decoder_layers = _parse_layers("--reg-decoder-layers", reg_decoder_layers)
+        self._request = None  # built and checked against the model on the first forward
+
+    @property
+    def two_passes(self) -> bool:
+        return self.hidden_reg_weight > 0 or self.attn_reg_weight > 0 or self.output_reg_weight > 0
+
+    def layer_state_request(self, model) -> Optional[LayerStateRequest]:
+        """What to record in the forward; None when only the output term is on (R-Drop),
+        which then works with any model. Checks the model once, before the first update."""
+        if self.hidden_reg_weight == 0 and self.attn_reg_weight == 0:
+            return None
+        if self._request is None:
+            self._request = self._build_request(_unwrap(model))
+        return self._request
+
+    def _build_request(self, model) -> LayerStateRequest:
+        if not getattr(model, "returns_layer_states", False):
+            name = type(model).__name__
+            raise UsageError(
+                f"--criterion lr_drop_label_smoothed_cross_entropy with --hidden-reg-weight or "
+                f"--attn-reg-weight > 0 needs a model that returns layer states, and {name} does "
+                f"not: use --arch lr_drop_transformer (or lr_drop_transformer_wmt_en_de, "
+                f"lr_drop_bart_large, ... : lr_drop_ + the stock arch name)"
+            )
+        chosen = []
+        for flag, layers, count in (
+            ("--reg-encoder-layers", self.encoder_layers, len(model.encoder.layers)),
+            ("--reg-decoder-layers", self.decoder_layers, len(model.decoder.layers)),
+        ):
+            if layers is None:
+                layers = tuple(range(count))
+            too_big = [layer for layer in layers if layer >= count]
+            if too_big:
+                raise UsageError(
+                    f"{flag}: layer {too_big[0]} is out of range, the model has {count} "
+                    f"layers (valid: 0..{count - 1})"
+                )
+            chosen.append(layers)
+        return LayerStateRequest(
+            encoder_layers=chosen[0],
+            decoder_layers=chosen[1],
+            hidden_states=self.hidden_reg_weight > 0,
+            attention_modules=self.attn_reg_modules if self.attn_reg_weight > 0 else (),
+        )
+
+    def forward(self, model, sample, reduce=True):
+        """Compute the loss for the given sample.
+
+        Returns (loss, sample_size, logging_output); sample_size counts the target tokens
+        (or sentences) of the ORIGINAL batch, as the stock criterion does.
+        """
+        if not (model.training and self.two_passes):
+            return super().forward(model, sample, reduce=reduce)
+        request = self.layer_state_request(model)
+
+        # [x; x] in one forward: two dropout masks, one kernel launch per op. New dicts,
+        # so the caller's sample is never modified.
+        net_input = {
+            k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in sample["net_input"].items()
+        }
+        extra_args = {"layer_states": request} if request is not None else {}
+        net_output = model(**net_input, **extra_args)
+        doubled = {**sample, "target": torch.cat([sample["target"], sample["target"]])}
+
+        lprobs, target = self.get_lprobs_and_target(model, net_output, doubled)  # 2N x V, 2N
+        ce_loss, nll_loss = label_smoothed_nll_loss(
+            lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=reduce
+        )
+        terms = self.consistency_terms(
+            lprobs, target, net_output[1].get("layer_states"), sample["net_input"], sample["target"]
+        )
+        loss = ce_loss
+        weights = dict(zip(REG_TERMS, (self.hidden_reg_weight, self.attn_reg_weight, self.output_reg_weight)))
+        for name, value in terms.items():
+            loss = loss + weights[name] * value
+
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output = {
+            # The optimised CE covers both passes; log it per pass, on the stock scale.
+            "loss": ce_loss.data / 2,
+            "nll_loss": nll_loss.data / 2,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+        }
+        for name, value in terms.items():
+            logging_output[name] = value.data
+        if self.report_accuracy:
+            # over both passes: the ratio n_correct / total is what gets logged
+            mask = target.ne(self.padding_idx)
+            logging_output["n_correct"] = utils.item(lprobs.argmax(1).eq(target).masked_select(mask).sum())
+            logging_output["total"] = utils.item(mask.sum())
+        return loss, sample_size, logging_output
+
+    def consistency_terms(self, lprobs, target, layer_states, net_input, sample_target):
+        """The weighted-in regularization terms (float32 sums over positions)."""
+        terms = {}
+        if self.hidden_reg_weight > 0 or self.attn_reg_weight > 0:
+            source_mask = net_input["src_tokens"].ne(self.padding_idx)  # B x S
+            decoder_input = net_input.get("prev_output_tokens", sample_target)
+            target_mask = decoder_input.ne(self.padding_idx)  # B x T
+        if self.hidden_reg_weight > 0:
+            layers = [
+                (*split_passes(state, dim=1), mask)
+                for states, mask in (
+                    (layer_states.encoder_hidden, source_mask),
+                    (layer_states.decoder_hidden, target_mask),
+                )
+                for state in states.values()
+            ]
+            if layers:
+                terms["hidden_reg"] = hidden_state_consistency(layers)
+        if self.attn_reg_weight > 0:
+            query_masks = {"encoder_self": source_mask, "decoder_self": target_mask,
+                           "decoder_cross": target_mask}
+            modules = [
+                (*split_passes(probs, dim=1), query_masks[name])
+                for name in self.attn_reg_modules
+                for probs in layer_states.attention[name].values()
+            ]
+            if modules:
+                terms["attn_reg"] = attention_consistency(modules)
+        if self.output_reg_weight > 0:
+            lprobs1, lprobs2 = split_passes(lprobs, dim=0)
+            terms["output_reg"] = output_consistency(lprobs1, lprobs2, split_passes(target, 0)[0].ne(self.padding_idx))
+        return terms
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        """Aggregate logging outputs from data parallel training."""
+        super().reduce_metrics(logging_outputs)
+        sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
+        for name in REG_TERMS:
+            if any(name in log for log in logging_outputs):
+                total = sum(log.get(name, 0) for log in logging_outputs)
+                metrics.log_scalar(name, total / sample_size / math.log(2), sample_size, round=4)
