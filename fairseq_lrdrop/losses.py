@@ -3,7 +3,7 @@
 Shapes follow fairseq: hidden states are T x B x C, attention probabilities H x B x T x S
 (heads, batch, query positions, key positions), masks are B x T booleans that are True at
 real (non-padding) positions. Every term is a SUM over positions, so its weight keeps its
-meaning when the batch size changes, and is computed in float32 whatever the input dtype.
+meaning when the batch size changes, and is computed in float32 (or float64 for float64 inputs) whatever the input dtype.
 Nothing here imports fairseq.
 """
 from typing import Iterable, Tuple
@@ -13,6 +13,11 @@ from torch import Tensor
 
 # log(0) is -inf and 0 * -inf is NaN: clamp probabilities at the smallest normal float32.
 _TINY = torch.finfo(torch.float32).tiny
+
+
+def _wide(x: Tensor) -> Tensor:
+    """float16/bfloat16 -> float32; float32 and float64 stay as they are."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def symmetric_kl(log_p: Tensor, log_q: Tensor, dim: int = -1) -> Tensor:
@@ -30,7 +35,7 @@ def output_consistency(lprobs1: Tensor, lprobs2: Tensor, mask: Tensor) -> Tensor
     lprobs1, lprobs2: N x V log-probabilities of the two passes (N = B*T flattened).
     mask: N, True at real target tokens.
     """
-    kl = symmetric_kl(lprobs1.float(), lprobs2.float())
+    kl = symmetric_kl(_wide(lprobs1), _wide(lprobs2))
     return torch.where(mask, kl, 0.0).sum()
 
 
@@ -42,7 +47,7 @@ def hidden_state_distance(states1: Tensor, states2: Tensor, mask: Tensor) -> Ten
     mask: B x T, True at real positions.
     """
     # Subtract in the input dtype (near-equal values subtract exactly), square in float32.
-    mse = (states1 - states2).float().pow(2).mean(-1)  # T x B
+    mse = _wide(states1 - states2).pow(2).mean(-1)  # T x B
     return torch.where(mask.t(), mse, 0.0).sum()
 
 
@@ -54,8 +59,8 @@ def attention_distance(probs1: Tensor, probs2: Tensor, query_mask: Tensor) -> Te
     probs1, probs2: H x B x T x S attention probabilities; padded keys hold probability 0.
     query_mask: B x T, True at real query positions.
     """
-    log_p1 = probs1.float().clamp_min(_TINY).log()
-    log_p2 = probs2.float().clamp_min(_TINY).log()
+    log_p1 = _wide(probs1).clamp_min(_TINY).log()
+    log_p2 = _wide(probs2).clamp_min(_TINY).log()
     kl = symmetric_kl(log_p1, log_p2).mean(0)  # B x T, averaged over heads
     return torch.where(query_mask, kl, 0.0).sum()
 

@@ -1,0 +1,84 @@
+"""Shared fixtures: a tiny En->De corpus binarized with the real fairseq-preprocess, and
+in-process builders for fairseq tasks, models and criterions on it."""
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+USER_DIR = str(REPO / "fairseq_lrdrop")
+BIN = Path(sys.executable).parent
+
+# A toy language pair: word-by-word translation, so a few updates already learn something.
+EN = "the a cat dog house tree runs sees big small red blue green quick slow old new".split()
+DE = "der ein katze hund haus baum rennt sieht gross klein rot blau gruen schnell langsam alt neu".split()
+TINY_MODEL = [
+    "--encoder-layers", "2", "--decoder-layers", "2",
+    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+    "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+    "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+]
+
+
+def write_corpus(directory: Path, sizes=(("train", 300), ("valid", 30), ("test", 30)), seed=0):
+    rng = random.Random(seed)
+    table = dict(zip(EN, DE))
+    for split, count in sizes:
+        with open(directory / f"{split}.en", "w") as en, open(directory / f"{split}.de", "w") as de:
+            for _ in range(count):
+                words = [rng.choice(EN) for _ in range(rng.randint(2, 10))]
+                en.write(" ".join(words) + "\n")
+                de.write(" ".join(table[w] for w in words) + "\n")
+
+
+def run_cli(tool, *args, check=True, env=None, cwd=None):
+    """Run a fairseq console script from this venv; returns the CompletedProcess."""
+    proc = subprocess.run(
+        [str(BIN / tool), *map(str, args)], capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, cwd=cwd,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def data_bin(tmp_path_factory):
+    raw = tmp_path_factory.mktemp("raw")
+    write_corpus(raw)
+    out = raw / "bin"
+    run_cli(
+        "fairseq-preprocess", "--source-lang", "en", "--target-lang", "de",
+        "--trainpref", raw / "train", "--validpref", raw / "valid", "--testpref", raw / "test",
+        "--destdir", out, "--joined-dictionary", "--workers", "1",
+    )
+    return out
+
+
+def build(data_bin, arch="lr_drop_transformer", criterion="lr_drop_label_smoothed_cross_entropy",
+          dropout=0.1, extra=()):
+    """(task, model, criterion) built exactly as fairseq-train builds them."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [
+        str(data_bin), "--user-dir", USER_DIR, "--arch", arch, "--criterion", criterion,
+        "--label-smoothing", "0.1", "--dropout", str(dropout), "--attention-dropout", str(dropout),
+        "--activation-dropout", str(dropout), "--cpu", *TINY_MODEL, *extra,
+    ])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    torch.manual_seed(1)
+    model = task.build_model(cfg.model)
+    return task, model, task.build_criterion(cfg.criterion)
+
+
+def batch(task, split="valid", size=8, start=0):
+    task.load_dataset(split)
+    dataset = task.dataset(split)
+    return dataset.collater([dataset[i] for i in range(start, start + size)])

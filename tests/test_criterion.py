@@ -1,0 +1,281 @@
+"""The criterion and the model variants in-process, on real fairseq models and batches."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import batch, build
+
+from fairseq_lrdrop.errors import UsageError
+from fairseq_lrdrop.modules.layer_states import LayerStateRequest
+
+TERMS = ("hidden_reg", "attn_reg", "output_reg")
+
+
+def _loss(criterion, model, sample, seed=123):
+    torch.manual_seed(seed)  # the same dropout masks for every criterion compared
+    return criterion(model, sample)
+
+
+def test_all_weights_zero_equals_stock_label_smoothed_cross_entropy(data_bin):
+    task, model, lrdrop = build(data_bin, dropout=0.0, extra=[
+        "--hidden-reg-weight", "0", "--attn-reg-weight", "0", "--output-reg-weight", "0"])
+    stock = task.build_criterion(_stock_cfg("label_smoothed_cross_entropy"))
+    sample = batch(task)
+    model.train()
+    loss, size, log = _loss(lrdrop, model, sample)
+    ref_loss, ref_size, ref_log = _loss(stock, model, sample)
+    assert size == ref_size == sample["ntokens"]
+    assert torch.allclose(loss, ref_loss) and torch.allclose(log["nll_loss"], ref_log["nll_loss"])
+    assert not any(term in log for term in TERMS)
+
+
+def _stock_cfg(name, **fields):
+    from omegaconf import OmegaConf
+    return OmegaConf.create({"_name": name, "label_smoothing": 0.1, "sentence_avg": False,
+                             "ignore_prefix_size": 0, "report_accuracy": False, **fields})
+
+
+def test_output_term_only_is_r_drop(data_bin):
+    """gamma only: fairseq's own R-Drop criterion gives the same loss and gradients on the same
+    dropout masks, and so does R-Drop's formula written out independently."""
+    gamma = 3.0
+    task, model, lrdrop = build(data_bin, dropout=0.2, extra=[
+        "--hidden-reg-weight", "0", "--attn-reg-weight", "0", "--output-reg-weight", str(gamma)])
+    rdrop = task.build_criterion(_stock_cfg("label_smoothed_cross_entropy_with_rdrop", rdrop_alpha=gamma))
+    sample = batch(task, size=6)
+    model.train()
+
+    loss, _, log = _loss(lrdrop, model, sample)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ref_loss, _, ref_log = _loss(rdrop, model, {**sample, "net_input": dict(sample["net_input"])})
+    ref_loss.backward()
+    assert torch.allclose(loss, ref_loss, rtol=1e-5)
+    assert torch.allclose(log["output_reg"], torch.as_tensor(ref_log["rdrop_kl_loss"]), rtol=1e-4)
+    for mine, ref in zip(grads, (p.grad for p in model.parameters())):
+        assert torch.allclose(mine, ref, rtol=1e-4, atol=1e-6)  # k_proj biases: 0 up to noise
+    # the logged loss is per pass (stock scale), R-Drop's own log line is doubled
+    assert math.isclose(float(log["loss"]), (float(ref_log["loss"]) - gamma * ref_log["rdrop_kl_loss"]) / 2, rel_tol=1e-4)
+
+    # independent formula: CE of both passes + gamma * symmetric KL over real target tokens
+    torch.manual_seed(123)
+    net_input = {k: torch.cat([v, v]) for k, v in sample["net_input"].items()}
+    lprobs = model.get_normalized_probs(model(**net_input), log_probs=True)
+    target = torch.cat([sample["target"]] * 2)
+    real = target.ne(task.target_dictionary.pad())
+    eps, vocab = 0.1, lprobs.size(-1)
+    nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    smooth = -lprobs.sum(-1)
+    eps_i = eps / (vocab - 1)
+    ce = ((1 - eps - eps_i) * nll + eps_i * smooth)[real].sum()
+    p, q = lprobs.chunk(2)
+    kl = 0.5 * (F.kl_div(q, p, log_target=True, reduction="none").sum(-1)
+                + F.kl_div(p, q, log_target=True, reduction="none").sum(-1))
+    assert torch.allclose(loss, ce + gamma * kl[real[: len(p)]].sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["lr_drop_transformer", "lr_drop_bart_base"])
+def test_terms_vanish_without_dropout_and_are_positive_with_it(data_bin, arch):
+    extra = ["--share-all-embeddings"] if "bart" in arch else []
+    for dropout in (0.0, 0.3):
+        task, model, criterion = build(data_bin, arch=arch, dropout=dropout, extra=extra)
+        model.train()
+        _, _, log = _loss(criterion, model, batch(task))
+        for term in TERMS:
+            value = float(log[term])
+            if dropout == 0:
+                assert abs(value) < 1e-4, (term, value)
+            else:
+                assert value > 1e-3, (term, value)
+
+
+def test_gradients_reach_every_parameter(data_bin):
+    task, model, criterion = build(data_bin, dropout=0.2)
+    model.train()
+    loss, _, _ = _loss(criterion, model, batch(task))
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, name
+    # each regularization term alone also reaches the encoder
+    for flags in (["--hidden-reg-weight", "1", "--attn-reg-weight", "0"],
+                  ["--hidden-reg-weight", "0", "--attn-reg-weight", "1"]):
+        task, model, criterion = build(data_bin, dropout=0.2, extra=flags + ["--output-reg-weight", "0", "--label-smoothing", "0"])
+        model.train()
+        sample = batch(task)
+        torch.manual_seed(5)
+        net_input = {k: torch.cat([v, v]) for k, v in sample["net_input"].items()}
+        request = criterion.layer_state_request(model)
+        out = model(**net_input, layer_states=request)
+        terms = criterion.consistency_terms(None, None, out[1]["layer_states"], sample["net_input"], sample["target"])
+        (reg,) = terms.values()
+        reg.backward()
+        assert model.encoder.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def _perturb_second_pass(model):
+    """Make the two passes differ WITHOUT dropout: the second half of the batch gets an offset
+    that depends only on the token id, so padding cannot change it."""
+    def hook(module, args, output):
+        (tokens,) = args
+        half = tokens.size(0) // 2
+        offset = 0.1 * torch.sin(tokens[half:].float()).unsqueeze(-1)
+        return torch.cat([output[:half], output[half:] + offset])
+    model.encoder.embed_tokens.register_forward_hook(hook)
+    if model.decoder.embed_tokens is not model.encoder.embed_tokens:
+        model.decoder.embed_tokens.register_forward_hook(hook)
+
+
+def test_padding_changes_no_loss_term(data_bin):
+    task, model, criterion = build(data_bin, dropout=0.0, extra=["--report-accuracy"])
+    _perturb_second_pass(model)
+    model.train()
+    sample = batch(task, size=4)
+    pad = task.source_dictionary.pad()
+    extra = 3
+    padded = {
+        **sample,
+        "net_input": {
+            "src_tokens": F.pad(sample["net_input"]["src_tokens"], (extra, 0), value=pad),  # left-padded
+            "src_lengths": sample["net_input"]["src_lengths"],
+            "prev_output_tokens": F.pad(sample["net_input"]["prev_output_tokens"], (0, extra), value=pad),
+        },
+        "target": F.pad(sample["target"], (0, extra), value=pad),
+    }
+    loss, _, log = _loss(criterion, model, sample)
+    padded_loss, _, padded_log = _loss(criterion, model, padded)
+    assert torch.allclose(loss, padded_loss, rtol=1e-4)
+    for key in ("loss", "nll_loss", *TERMS):
+        assert float(log[key]) > 0
+        assert math.isclose(float(log[key]), float(padded_log[key]), rel_tol=1e-4), key
+    assert log["n_correct"] == padded_log["n_correct"] and log["total"] == padded_log["total"]
+
+
+def test_eval_is_one_stock_pass(data_bin):
+    from fairseq.models.transformer import TransformerModel
+
+    task, model, criterion = build(data_bin, dropout=0.3)
+    stock = TransformerModel.build_model(model.args if hasattr(model, "args") else model.cfg, task)
+    stock.load_state_dict(model.state_dict())
+    model.eval(), stock.eval()
+    sample = batch(task)
+
+    calls = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(kwargs), with_kwargs=True)
+    attention_calls = {id(model): [], id(stock): []}
+    for net in (model, stock):
+        for name, module in net.named_modules():
+            if type(module).__name__ == "MultiheadAttention":
+                module.register_forward_pre_hook(
+                    lambda m, a, kw, name=name, calls=attention_calls[id(net)]: calls.append(
+                        (name, {k: v for k, v in kw.items() if not torch.is_tensor(v)})),
+                    with_kwargs=True)
+    with torch.no_grad():
+        loss, _, log = criterion(model, sample)
+        stock_logits, stock_extra = stock(**sample["net_input"])
+        logits, extra = model(**sample["net_input"])
+    assert len(calls) == 2 and all("layer_states" not in c for c in calls)
+    assert calls[0]["src_tokens"].size(0) == sample["target"].size(0)  # no [x; x]
+    # exactly the stock attention calls: fused self-attention, no per-head maps requested
+    assert attention_calls[id(model)] == attention_calls[id(stock)] * 2  # criterion + direct call
+    assert torch.equal(logits, stock_logits) and "layer_states" not in extra
+    ref = task.build_criterion(_stock_cfg("label_smoothed_cross_entropy"))
+    with torch.no_grad():
+        ref_loss, _, _ = ref(stock, sample)
+    assert torch.equal(loss, ref_loss) and not any(t in log for t in TERMS)
+
+
+def test_training_forward_returns_every_layer(data_bin):
+    task, model, criterion = build(data_bin, arch="lr_drop_bart_base", extra=["--share-all-embeddings"])
+    model.train()
+    sample = batch(task, size=3)
+    request = LayerStateRequest(encoder_layers=(0, 1), decoder_layers=(0, 1),
+                                attention_modules=("encoder_self", "decoder_self", "decoder_cross"))
+    logits, extra = model(**sample["net_input"], layer_states=request)
+    states = extra["layer_states"]
+    bsz, src_len = sample["net_input"]["src_tokens"].shape
+    tgt_len = sample["target"].size(1)
+    assert sorted(states.encoder_hidden) == [0, 1] and sorted(states.decoder_hidden) == [0, 1]
+    assert states.encoder_hidden[1].shape == (src_len, bsz, 32)
+    assert states.attention["encoder_self"][0].shape == (4, bsz, src_len, src_len)
+    assert states.attention["decoder_self"][1].shape == (4, bsz, tgt_len, tgt_len)
+    cross = states.attention["decoder_cross"][1]
+    assert cross.shape == (4, bsz, tgt_len, src_len) and cross.dtype == torch.float32
+    assert torch.allclose(cross.sum(-1), torch.ones(4, bsz, tgt_len), atol=1e-5)
+    # the decoder's own alignment output is still the head-averaged cross attention
+    assert torch.allclose(extra["attn"][0], cross.mean(0), atol=1e-6)
+    # hooks are gone afterwards: no MultiheadAttention keeps a hook
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_only_chosen_layers_and_modules_are_recorded(data_bin):
+    task, model, criterion = build(data_bin, dropout=0.2, extra=[
+        "--reg-encoder-layers", "1", "--reg-decoder-layers", "none", "--attn-reg-modules", "encoder_self"])
+    model.train()
+    request = criterion.layer_state_request(model)
+    assert request == LayerStateRequest(encoder_layers=(1,), decoder_layers=(), hidden_states=True,
+                                        attention_modules=("encoder_self",))
+    _, _, log = _loss(criterion, model, batch(task))
+    assert float(log["hidden_reg"]) > 0 and float(log["attn_reg"]) > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_states_give_float32_terms(data_bin, dtype):
+    task, model, criterion = build(data_bin, dropout=0.3)
+    model.train()
+    sample = batch(task)
+    torch.manual_seed(0)
+    net_input = {k: torch.cat([v, v]) for k, v in sample["net_input"].items()}
+    out = model(**net_input, layer_states=criterion.layer_state_request(model))
+    states = out[1]["layer_states"]
+    for store in (states.encoder_hidden, states.decoder_hidden, *states.attention.values()):
+        for key in store:
+            store[key] = store[key].to(dtype)
+    lprobs = model.get_normalized_probs(out, log_probs=True).to(dtype).view(-1, out[0].size(-1))
+    target = torch.cat([sample["target"]] * 2).view(-1)
+    terms = criterion.consistency_terms(lprobs, target, states, sample["net_input"], sample["target"])
+    assert set(terms) == set(TERMS)
+    for value in terms.values():
+        assert value.dtype == torch.float32 and torch.isfinite(value) and value > 0
+
+
+def test_sample_is_not_modified(data_bin):
+    task, model, criterion = build(data_bin, dropout=0.1)
+    model.train()
+    sample = batch(task)
+    before = {k: v.clone() for k, v in sample["net_input"].items()}
+    target = sample["target"].clone()
+    criterion(model, sample)
+    assert all(torch.equal(before[k], sample["net_input"][k]) for k in before)
+    assert torch.equal(target, sample["target"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--hidden-reg-weight", "-1"], "--hidden-reg-weight must be a finite number >= 0"),
+    (["--attn-reg-weight", "nan"], "--attn-reg-weight must be a finite number >= 0"),
+    (["--output-reg-weight", "inf"], "--output-reg-weight must be a finite number >= 0"),
+    (["--attn-reg-modules", "encoder_self,decoder_selff"], "--attn-reg-modules: unknown module 'decoder_selff'"),
+    (["--reg-encoder-layers", "0,x"], "--reg-encoder-layers takes 'all', 'none'"),
+])
+def test_bad_flags_are_rejected_at_start(data_bin, flags, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        build(data_bin, extra=flags)
+
+
+def test_layer_out_of_range_and_stock_model_are_rejected_before_training(data_bin):
+    task, model, criterion = build(data_bin, extra=["--reg-decoder-layers", "0,2"])
+    model.train()
+    with pytest.raises(UsageError, match="--reg-decoder-layers: layer 2 is out of range, the model has 2 layers"):
+        criterion(model, batch(task))
+    task, model, criterion = build(data_bin, arch="transformer")
+    model.train()
+    with pytest.raises(UsageError, match="use --arch lr_drop_transformer"):
+        criterion(model, batch(task))
+    # the output term alone (R-Drop) needs no layer states: any model works
+    task, model, criterion = build(data_bin, arch="transformer", extra=[
+        "--hidden-reg-weight", "0", "--attn-reg-weight", "0"])
+    model.train()
+    _, _, log = criterion(model, batch(task))
+    assert float(log["output_reg"]) > 0

@@ -1,0 +1,143 @@
+"""The pure loss functions, checked against independent formulas (no fairseq needed)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fairseq_lrdrop.losses import (
+    attention_consistency,
+    attention_distance,
+    hidden_state_consistency,
+    hidden_state_distance,
+    output_consistency,
+    symmetric_kl,
+)
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _attention(heads, batch, queries, keys, key_mask=None, seed=0, dtype=torch.float32):
+    scores = torch.randn(heads, batch, queries, keys, generator=_gen(seed), dtype=dtype)
+    if key_mask is not None:  # B x S, True at real keys
+        scores = scores.masked_fill(~key_mask[None, :, None, :], float("-inf"))
+    return scores.softmax(-1)
+
+
+def test_symmetric_kl_matches_torch_kl_div():
+    log_p = torch.randn(5, 11, generator=_gen(1)).log_softmax(-1)
+    log_q = torch.randn(5, 11, generator=_gen(2)).log_softmax(-1)
+    expected = 0.5 * (
+        F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)  # KL(p || q)
+        + F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)  # KL(q || p)
+    )
+    assert torch.allclose(symmetric_kl(log_p, log_q), expected, atol=1e-6)
+    assert (expected > 0).all()
+
+
+def test_output_consistency_sums_real_tokens_only():
+    lp1 = torch.randn(6, 9, generator=_gen(3)).log_softmax(-1)
+    lp2 = torch.randn(6, 9, generator=_gen(4)).log_softmax(-1)
+    mask = torch.tensor([True, True, False, True, False, True])
+    per_token = 0.5 * ((lp1.exp() * (lp1 - lp2)).sum(-1) + (lp2.exp() * (lp2 - lp1)).sum(-1))
+    assert torch.allclose(output_consistency(lp1, lp2, mask), per_token[mask].sum(), atol=1e-6)
+    assert output_consistency(lp1, lp1, mask).item() == 0.0
+
+
+def test_hidden_state_distance_is_masked_mean_squared_error():
+    h1 = torch.randn(4, 3, 8, generator=_gen(5))  # T x B x C
+    h2 = torch.randn(4, 3, 8, generator=_gen(6))
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False], [True] * 4])  # B x T
+    expected = sum(
+        ((h1[t, b] - h2[t, b]) ** 2).mean() for b in range(3) for t in range(4) if mask[b, t]
+    )
+    assert torch.allclose(hidden_state_distance(h1, h2, mask), expected, atol=1e-6)
+    assert hidden_state_distance(h1, h1, mask).item() == 0.0
+
+
+def test_attention_distance_averages_heads_and_sums_queries():
+    key_mask = torch.tensor([[True, True, True, False, False], [True] * 5])
+    a1 = _attention(3, 2, 4, 5, key_mask, seed=7)
+    a2 = _attention(3, 2, 4, 5, key_mask, seed=8)
+    query_mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    expected = 0.0
+    for b in range(2):
+        for t in range(4):
+            if query_mask[b, t]:
+                keys = key_mask[b]
+                p, q = a1[:, b, t, keys], a2[:, b, t, keys]  # H x S_real
+                skl = 0.5 * ((p * (p / q).log()).sum(-1) + (q * (q / p).log()).sum(-1))
+                expected += skl.mean()
+    value = attention_distance(a1, a2, query_mask)
+    assert torch.isfinite(value)
+    assert torch.allclose(value, torch.as_tensor(expected), atol=1e-5)
+
+
+def test_consistency_terms_average_over_layers_and_modules():
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    layers = [(torch.randn(3, 2, 4, generator=_gen(i)), torch.randn(3, 2, 4, generator=_gen(i + 10)), mask)
+              for i in range(3)]
+    expected = sum(hidden_state_distance(*layer) for layer in layers) / 3
+    assert torch.allclose(hidden_state_consistency(layers), expected)
+    modules = [(_attention(2, 2, 3, 3, seed=i), _attention(2, 2, 3, 3, seed=i + 20), mask) for i in range(2)]
+    expected = sum(attention_distance(*m) for m in modules) / 2
+    assert torch.allclose(attention_consistency(modules), expected)
+
+
+def test_padding_changes_nothing():
+    """Extra padded positions (garbage values, mask False) and padded keys change no term."""
+    h1, h2 = torch.randn(3, 2, 4, generator=_gen(11)), torch.randn(3, 2, 4, generator=_gen(12))
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    padded = lambda h: torch.cat([h, 1e4 * torch.randn(2, 2, 4, generator=_gen(13))])  # noqa: E731
+    padded_mask = torch.cat([mask, torch.zeros(2, 2, dtype=torch.bool)], dim=1)
+    assert torch.allclose(hidden_state_distance(h1, h2, mask),
+                          hidden_state_distance(padded(h1), padded(h2), padded_mask))
+
+    a1, a2 = _attention(2, 2, 3, 3, seed=14), _attention(2, 2, 3, 3, seed=15)
+    # two padded keys (probability 0) and two padded queries (anything, here uniform)
+    pad_keys = lambda a: torch.cat([a, torch.zeros(2, 2, 3, 2)], dim=-1)  # noqa: E731
+    pad_queries = lambda a: torch.cat([a, torch.full((2, 2, 2, 5), 0.2)], dim=2)  # noqa: E731
+    a1p, a2p = pad_queries(pad_keys(a1)), pad_queries(pad_keys(a2))
+    assert torch.allclose(attention_distance(a1, a2, mask), attention_distance(a1p, a2p, padded_mask))
+
+    lp1, lp2 = torch.randn(4, 7, generator=_gen(16)).log_softmax(-1), torch.randn(4, 7, generator=_gen(17)).log_softmax(-1)
+    tokens = torch.ones(4, dtype=torch.bool)
+    garbage = torch.full((3, 7), -1e4)
+    assert torch.allclose(output_consistency(lp1, lp2, tokens),
+                          output_consistency(torch.cat([lp1, garbage]), torch.cat([lp2, garbage * 2]),
+                                             torch.cat([tokens, torch.zeros(3, dtype=torch.bool)])))
+
+
+def test_gradcheck_float64():
+    g = _gen(21)
+    h1 = torch.randn(3, 2, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    h2 = torch.randn(3, 2, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    assert torch.autograd.gradcheck(lambda a, b: hidden_state_consistency([(a, b, mask)]), (h1, h2))
+
+    s1 = torch.randn(2, 2, 3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    s2 = torch.randn(2, 2, 3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: attention_consistency([(a.softmax(-1), b.softmax(-1), mask)]), (s1, s2))
+
+    z1 = torch.randn(5, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    z2 = torch.randn(5, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    tokens = torch.tensor([True, False, True, True, True])
+    assert torch.autograd.gradcheck(
+        lambda a, b: output_consistency(a.log_softmax(-1), b.log_softmax(-1), tokens), (z1, z2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_give_finite_float32_terms(dtype):
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    h1 = (300 * torch.randn(3, 2, 8, generator=_gen(30))).to(dtype)  # squares overflow float16
+    h2 = (300 * torch.randn(3, 2, 8, generator=_gen(31))).to(dtype)
+    hidden = hidden_state_consistency([(h1, h2, mask)])
+    attn = attention_consistency([(_attention(2, 2, 3, 3, seed=32).to(dtype),
+                                   _attention(2, 2, 3, 3, seed=33).to(dtype), mask)])
+    logits = (1e4 * torch.randn(6, 5, generator=_gen(34))).to(dtype)
+    out = output_consistency(logits.float().log_softmax(-1).to(dtype),
+                             (-logits).float().log_softmax(-1).to(dtype), torch.ones(6, dtype=torch.bool))
+    for value in (hidden, attn, out):
+        assert value.dtype == torch.float32
+        assert torch.isfinite(value) and value > 0
