@@ -131,3 +131,33 @@ def test_malicious_checkpoint_is_refused_and_its_code_does_not_run(data_bin, tmp
     proc = run_cli("fairseq-generate", data_bin, "--user-dir", USER_DIR, "--path", truncated, "--cpu", check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert f"checkpoint {truncated} cannot be read" in proc.stderr
+
+
+def test_hydra_yaml_config_and_tensorboard(data_bin, tmp_path):
+    """fairseq-hydra-train takes the criterion's options from YAML; each term reaches TensorBoard."""
+    config = f"""# @package _global_
+common: {{user_dir: {USER_DIR}, cpu: true, log_format: simple, log_interval: 1,
+         tensorboard_logdir: {tmp_path / 'tb'}}}
+task: {{_name: translation, data: {data_bin}}}
+model: {{_name: lr_drop_transformer, encoder_layers: 2, decoder_layers: 2, encoder_embed_dim: 32,
+        decoder_embed_dim: 32, encoder_ffn_embed_dim: 64, decoder_ffn_embed_dim: 64,
+        encoder_attention_heads: 4, decoder_attention_heads: 4, dropout: 0.1}}
+criterion: {{_name: lr_drop_label_smoothed_cross_entropy, label_smoothing: 0.1,
+            hidden_reg_weight: 0.5, attn_reg_weight: 0.5, output_reg_weight: 2.0,
+            attn_reg_modules: "encoder_self,decoder_cross", reg_decoder_layers: "1"}}
+optimizer: {{_name: adam}}
+lr_scheduler: {{_name: fixed}}
+optimization: {{lr: [0.001], max_update: 3}}
+dataset: {{max_tokens: 500}}
+checkpoint: {{save_dir: {tmp_path / 'ckpt'}, no_epoch_checkpoints: true}}
+"""
+    (tmp_path / "lrdrop.yaml").write_text(config)
+    proc = run_cli("fairseq-hydra-train", "--config-dir", tmp_path, "--config-name", "lrdrop",
+                   f"hydra.run.dir={tmp_path / 'hydra'}")
+    log = proc.stdout + proc.stderr
+    assert "'attn_reg_modules': 'encoder_self,decoder_cross'" in log
+    assert "'reg_decoder_layers': '1'" in log
+    assert re.search(r"\[train\].* hidden_reg [0-9.]+ \| attn_reg [0-9.]+ \| output_reg [0-9.]+", log)
+    events = b"".join(p.read_bytes() for p in (tmp_path / "tb" / "train").glob("events.out.tfevents.*"))
+    for tag in (b"hidden_reg", b"attn_reg", b"output_reg", b"nll_loss"):
+        assert tag in events
