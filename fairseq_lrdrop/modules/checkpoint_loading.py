@@ -83,15 +83,23 @@ def _unreadable(path, error):
     )
 
 
+def _is_trusted(path) -> bool:
+    return os.path.realpath(str(path)) in trusted_checkpoints()
+
+
+def load_checkpoint_file(path):
+    """The raw checkpoint dict, loaded the way the plugin loads every fairseq checkpoint (for
+    tools that rewrite checkpoints, e.g. examples/average_checkpoints.py)."""
+    with _torch_load_checked(path, weights_only=not _is_trusted(path)):
+        return torch.load(path, map_location="cpu")
+
+
 def safe_load_checkpoint_to_cpu(load_checkpoint_to_cpu):
     """Wrap fairseq's load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False)."""
 
     @functools.wraps(load_checkpoint_to_cpu)
     def wrapper(path, *args, **kwargs):
-        trusted = os.path.realpath(str(path)) in trusted_checkpoints()
-        if not os.path.isfile(path):
-            raise UsageError(f"checkpoint {path} does not exist; check --path / --restore-file")
-        with _torch_load_checked(path, weights_only=not trusted):
+        with _torch_load_checked(path, weights_only=not _is_trusted(path)):
             return load_checkpoint_to_cpu(path, *args, **kwargs)
 
     wrapper.lrdrop_safe_loading = True

@@ -1,0 +1,235 @@
+"""Step time, throughput and peak memory: baseline vs R-Drop vs LR-Drop, one run.
+
+    python bench/speed.py --preset small            # CPU, about a minute
+    python bench/speed.py --preset wmt --fp16       # transformer_wmt_en_de shapes, on a GPU
+
+Every configuration uses the same architecture (lr_drop_transformer, which runs exactly the
+stock forward unless the criterion asks for layer states), the same synthetic batch and the
+same initial weights:
+  baseline  stock label_smoothed_cross_entropy, one pass
+  rdrop     fairseq's label_smoothed_cross_entropy_with_rdrop (rdrop_alpha 5)
+  lrdrop    lr_drop_label_smoothed_cross_entropy, all three terms on
+Step = forward + backward + optimizer step. Steps are interleaved round-robin across the
+configurations so that machine noise hits them alike; the median is reported. Peak memory:
+CUDA peak allocated on a GPU; on CPU the peak resident set of a forked child that runs a few
+steps of one configuration, minus the resident set at the fork.
+Also times generation (beam search) with the same weights in lr_drop_transformer and in the
+stock transformer. Prints a table and writes JSON (--json).
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+PRESETS = {
+    # name: (model flags, sentences per batch, tokens per sentence, vocabulary)
+    "small": (["--encoder-layers", "3", "--decoder-layers", "3", "--encoder-embed-dim", "256",
+               "--decoder-embed-dim", "256", "--encoder-ffn-embed-dim", "1024",
+               "--decoder-ffn-embed-dim", "1024", "--encoder-attention-heads", "4",
+               "--decoder-attention-heads", "4"], 32, 24, 8000),
+    "wmt": ([], 128, 32, 32000),  # transformer_wmt_en_de: 6+6 layers, d 512, 4096 tokens a side
+}
+CRITERIA = {
+    "baseline": ["--criterion", "label_smoothed_cross_entropy"],
+    "rdrop": ["--criterion", "label_smoothed_cross_entropy_with_rdrop", "--rdrop-alpha", "5"],
+    "lrdrop": ["--criterion", "lr_drop_label_smoothed_cross_entropy", "--hidden-reg-weight", "1",
+               "--attn-reg-weight", "1", "--output-reg-weight", "5"],
+}
+
+
+def setup(preset, criterion, device, dtype, arch="lr_drop_transformer_wmt_en_de"):
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    model_flags, _, _, vocab = PRESETS[preset]
+    data = Path(tempfile.gettempdir()) / f"lrdrop-bench-dict-{vocab}"
+    data.mkdir(exist_ok=True)
+    for lang in ("src", "tgt"):
+        (data / f"dict.{lang}.txt").write_text("".join(f"w{i} 1\n" for i in range(vocab - 4)))
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        str(data), "--user-dir", str(REPO / "fairseq_lrdrop"), "-s", "src", "-t", "tgt",
+        "--arch", arch, *model_flags, "--dropout", "0.1", "--attention-dropout", "0.1",
+        "--label-smoothing", "0.1", *CRITERIA[criterion],
+    ])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    torch.manual_seed(0)
+    model = task.build_model(cfg.model).to(device=device, dtype=dtype)
+    return task, model, task.build_criterion(cfg.criterion)
+
+
+def synthetic_batch(task, preset, device):
+    _, sentences, length, vocab = PRESETS[preset]
+    g = torch.Generator().manual_seed(0)
+    d = task.target_dictionary
+    src = torch.randint(d.nspecial, len(d), (sentences, length), generator=g)
+    tgt = torch.randint(d.nspecial, len(d), (sentences, length), generator=g)
+    # varied lengths: right-pad targets, left-pad sources, as fairseq batches are
+    lengths = torch.randint(length // 2, length + 1, (sentences,), generator=g)
+    positions = torch.arange(length)
+    tgt = tgt.masked_fill(positions[None] >= lengths[:, None], d.pad())
+    tgt[torch.arange(sentences), lengths - 1] = d.eos()
+    src = src.masked_fill(positions.flip(0)[None] >= lengths[:, None], d.pad())
+    src[:, -1] = d.eos()
+    prev = torch.cat([torch.full((sentences, 1), d.eos()), tgt[:, :-1]], 1).masked_fill(tgt.eq(d.pad()), d.pad())
+    ntokens = int(tgt.ne(d.pad()).sum())
+    sample = {"net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev},
+              "target": tgt, "ntokens": ntokens, "id": torch.arange(sentences)}
+    return {k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else
+                v.to(device) if torch.is_tensor(v) else v) for k, v in sample.items()}
+
+
+class Config:
+    def __init__(self, name, preset, device, dtype):
+        self.name = name
+        self.task, self.model, self.criterion = setup(preset, name, device, dtype)
+        self.sample = synthetic_batch(self.task, preset, device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-5)
+        self.model.train()
+        self.times = []
+
+    def step(self):
+        # fairseq's fp16 keeps float32 master weights and scales the loss; here the model runs
+        # in the requested dtype end to end, the same for every configuration.
+        loss, sample_size, _ = self.criterion(self.model, self.sample)
+        (loss / sample_size).backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def cpu_peak_rss_delta(config, steps):
+    """Fork; the child runs `steps` steps; return its peak RSS growth in MiB."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        start = _rss_mib()
+        for _ in range(steps):
+            config.step()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        os.write(write, json.dumps(peak - start).encode())
+        os._exit(0)
+    os.close(write)
+    data = os.read(read, 100)
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def _rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def time_generation(preset, device, dtype, repeats):
+    """Beam search with the same weights in lr_drop_transformer and stock transformer."""
+    from fairseq.models.transformer import TransformerModel
+
+    task, model, _ = setup(preset, "baseline", device, dtype)
+    stock = TransformerModel.build_model(model.args, task).to(device=device, dtype=dtype)
+    stock.load_state_dict(model.state_dict())
+    sample = synthetic_batch(task, preset, device)
+    from fairseq.sequence_generator import SequenceGenerator
+
+    results = {}
+    times = {"lrdrop_arch": [], "stock_arch": []}
+    generators = {name: SequenceGenerator([m.eval()], task.target_dictionary, beam_size=4, max_len_b=20)
+                  for name, m in (("lrdrop_arch", model), ("stock_arch", stock))}
+    with torch.no_grad():
+        for _ in range(repeats + 1):  # the first round warms up
+            for name, generator in generators.items():
+                sync(device)
+                start = time.perf_counter()
+                out = generator.generate([generator.model.single_model], sample)
+                sync(device)
+                times[name].append(time.perf_counter() - start)
+                results[name] = [h[0]["tokens"].tolist() for h in out]
+    assert results["lrdrop_arch"] == results["stock_arch"], "same weights must give the same output"
+    return {name: statistics.median(t[1:]) for name, t in times.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--fp16", action="store_true", help="run the model in float16 (GPU)")
+    parser.add_argument("--bf16", action="store_true", help="run the model in bfloat16")
+    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", default=None, help="write results here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
+    steps = args.steps or (20 if device.type == "cpu" else 50)
+
+    configs = [Config(name, args.preset, device, dtype) for name in CRITERIA]
+    for _ in range(args.warmup):
+        for config in configs:
+            config.step()
+    for _ in range(steps):
+        for config in configs:
+            sync(device)
+            start = time.perf_counter()
+            config.step()
+            sync(device)
+            config.times.append(time.perf_counter() - start)
+
+    rows = {}
+    for config in configs:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            config.step()
+            sync(device)
+            peak = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            peak = cpu_peak_rss_delta(config, 3)
+        median = statistics.median(config.times)
+        rows[config.name] = {"step_ms": 1000 * median, "tokens_per_s": config.sample["ntokens"] / median,
+                             "peak_mib": peak}
+    generation = time_generation(args.preset, device, dtype, repeats=5)
+
+    ratios = {
+        "lrdrop/rdrop step": rows["lrdrop"]["step_ms"] / rows["rdrop"]["step_ms"],
+        "lrdrop/rdrop memory": rows["lrdrop"]["peak_mib"] / rows["rdrop"]["peak_mib"],
+        "lrdrop/baseline step": rows["lrdrop"]["step_ms"] / rows["baseline"]["step_ms"],
+        "generation speed lrdrop_arch/stock_arch": generation["stock_arch"] / generation["lrdrop_arch"],
+    }
+    machine = (torch.cuda.get_device_name() if device.type == "cuda"
+               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(f"preset {args.preset}, {device.type} ({machine}), {dtype}, {steps} timed steps per configuration, "
+          f"{configs[0].sample['ntokens']} target tokens per batch")
+    print(f"{'config':10} {'step ms':>9} {'tokens/s':>10} {'peak MiB':>9}")
+    for name, row in rows.items():
+        print(f"{name:10} {row['step_ms']:9.1f} {row['tokens_per_s']:10.0f} {row['peak_mib']:9.1f}")
+    print(f"generation (beam 4): lr_drop arch {1000 * generation['lrdrop_arch']:.1f} ms, "
+          f"stock arch {1000 * generation['stock_arch']:.1f} ms")
+    for name, value in ratios.items():
+        print(f"{name:42} {value:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "preset": args.preset, "device": device.type, "machine": machine, "dtype": str(dtype),
+            "steps": steps, "torch": torch.__version__, "rows": rows, "generation_s": generation,
+            "ratios": ratios}, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+# Shared helpers of the example pipelines (examples/wmt14, examples/cnndm). Sourced, not run.
+# Every pipeline script sets REPO before sourcing this file.
+
+# PYTHON: interpreter with fairseq installed. Default: the project's venv when present,
+# else python3 on PATH.
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
+fi
+
+# Checkpoint loading: fairseq 0.12 calls torch.load without weights_only, which torch >= 2.6
+# refuses for fairseq checkpoints. The plugin (USER_DIR, imported via --user-dir) makes
+# fairseq's loader work again with weights_only=True plus an allow-list, so the scripts keep
+# USER_DIR set by default. With USER_DIR= (stock fairseq) and torch >= 2.6, loading a
+# checkpoint (resume, --restore-file, fairseq-generate) fails unless you accept full
+# unpickling of your own files yourself (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1).
+
+die() { echo "error: $*" >&2; exit 2; }
+log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+
+# need_file PATH HINT: one-line error when PATH is not a non-empty file.
+need_file() { [[ -s "$1" ]] || die "missing file $1 ($2)"; }
+
+# nonneg_int NAME VALUE
+nonneg_int() { [[ "$2" =~ ^[0-9]+$ ]] || die "$1 must be a non-negative integer, got '$2'"; }
+number() { [[ "$2" =~ ^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]] || die "$1 must be a number, got '$2'"; }
+
+# detect_gpus: number of CUDA GPUs this process will see. NUM_GPUS overrides.
+# Honours CUDA_VISIBLE_DEVICES (empty or -1 = none); nvidia-smi -L when present, else torch.
+detect_gpus() {
+  if [[ -n "${NUM_GPUS:-}" ]]; then nonneg_int NUM_GPUS "$NUM_GPUS"; echo "$NUM_GPUS"; return; fi
+  local n=0
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+  else
+    n=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+  fi
+  if [[ -n "${CUDA_VISIBLE_DEVICES+x}" ]]; then
+    local cvd="${CUDA_VISIBLE_DEVICES// /}" k
+    if [[ -z "$cvd" || "$cvd" == -1* ]]; then k=0; else k=$(awk -F, '{print NF}' <<<"$cvd"); fi
+    (( k < n )) && n=$k
+  fi
+  echo "${n:-0}"
+}
+
+# update_freq TOKENS_PER_UPDATE WORLD MAX_TOKENS -> ceil(T / (W * M)), at least 1
+update_freq() {
+  local t=$1 w=$2 m=$3
+  (( w < 1 )) && w=1
+  local uf=$(( (t + w * m - 1) / (w * m) ))
+  (( uf < 1 )) && uf=1
+  echo "$uf"
+}
+
+# same_dicts DIR SRC TGT: dict.SRC.txt and dict.TGT.txt are identical (joined dictionary)
+same_dicts() { cmp -s "$1/dict.$2.txt" "$1/dict.$3.txt"; }
+
+# user_dir_args: --user-dir flag unless USER_DIR is empty
+user_dir_args() { if [[ -n "${USER_DIR:-}" ]]; then printf '%s\n' --user-dir "$USER_DIR"; fi; }
+
+# atomic_cat OUT IN...: concatenate into OUT via a temporary file
+atomic_cat() {
+  local out=$1; shift
+  cat "$@" > "$out.tmp.$$"
+  mv -f "$out.tmp.$$" "$out"
+}
+
+# done_or_run MARKER DESCRIPTION: returns 0 (skip) when MARKER exists
+skip_if_done() {
+  if [[ -e "$1" ]]; then log "skip: $2 (found $1)"; return 0; fi
+  return 1
+}

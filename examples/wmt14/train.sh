@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Train a Transformer on WMT14 En-De / En-Fr: plain training, R-Drop or LR-Drop, with the
+# same architecture and hyperparameters in all three modes.
+#
+#   MODE=baseline  --criterion label_smoothed_cross_entropy --label-smoothing 0.1
+#   MODE=rdrop     --criterion label_smoothed_cross_entropy_with_rdrop (fairseq's R-Drop)
+#                  --rdrop-alpha $OUTPUT_REG_WEIGHT
+#   MODE=lrdrop    --criterion lr_drop_label_smoothed_cross_entropy (this project)
+#                  --hidden-reg-weight $HIDDEN_REG_WEIGHT --attn-reg-weight $ATTN_REG_WEIGHT
+#                  --output-reg-weight $OUTPUT_REG_WEIGHT
+# Weights: OUTPUT_REG_WEIGHT=5.0 is R-Drop's published KL weight for WMT; HIDDEN_REG_WEIGHT=1.0
+# and ATTN_REG_WEIGHT=1.0 are this project's defaults (the LR-Drop paper treats them as task
+# hyperparameters and does not pin them for WMT14).
+#
+# Batch size: the effective batch is kept at TOKENS_PER_UPDATE target tokens per update,
+# whatever the number of GPUs: update_freq = ceil(TOKENS_PER_UPDATE / (GPUs x MAX_TOKENS)).
+#   base: 8 GPUs x 4096 tokens x 1   = 32768   (project default, ~Vaswani et al.'s 25k+25k)
+#   big : 8 GPUs x 3584 tokens x 16  = 458752  (Ott et al. 2018, "Scaling NMT", lr 1e-3)
+# The computed value is printed. R-Drop/LR-Drop run the batch twice (one forward over
+# [x; x]): activation memory doubles. On out-of-memory halve MAX_TOKENS; update_freq doubles
+# and the effective batch stays the same.
+# R-Drop reports 30.91 (En-De) / 43.95 (En-Fr) with a "vanilla Transformer"; to our reading
+# its WMT setup is Transformer-big (ARCH=big) -- check the paper's Sec. 3 before comparing.
+#
+# GPUs: counted with nvidia-smi -L (honouring CUDA_VISIBLE_DEVICES; NUM_GPUS overrides);
+# fairseq-train uses every visible GPU by itself. No GPU: runs on CPU with --cpu.
+# Multi-node: set NUM_GPUS to the TOTAL GPU count over all nodes (so update_freq is right)
+# and either launch with torchrun on every node, e.g.
+#   LAUNCH="torchrun --nnodes 2 --nproc_per_node 8 --node_rank R --master_addr HOST --master_port 29500"
+# (fairseq picks up the env:// rendezvous), or pass fairseq's own flags in EXTRA_ARGS on
+# every node: "--distributed-world-size 16 --distributed-rank $((R*8))
+# --distributed-init-method tcp://HOST:29500".
+#
+# Inputs : DATA_BIN from examples/wmt14/prepare.sh (joined dictionary)
+# Outputs: SAVE_DIR/checkpoint_<epoch>_<update>.pt every SAVE_INTERVAL_UPDATES updates
+#          (last KEEP_INTERVAL_UPDATES kept), checkpoint_best.pt, checkpoint_last.pt,
+#          SAVE_DIR/train.log (appended). Rerunning resumes from checkpoint_last.pt.
+#
+# Environment knobs (default):
+#   MODE=lrdrop          baseline | rdrop | lrdrop
+#   PAIR=en-de           en-de | en-fr (selects DATA_BIN and the big model's dropout)
+#   ARCH=base            base -> lr_drop_transformer_wmt_en_de,
+#                        big  -> lr_drop_transformer_vaswani_wmt_en_de_big,
+#                        anything else: a registered fairseq arch name, used as is (settings
+#                        of "big" apply when the name contains "big", else of "base")
+#   DATA_BIN=$REPO/data/wmt14_<src>_<tgt>/data-bin
+#   SAVE_DIR=$REPO/checkpoints/wmt14_<pair>_<arch>_<mode>
+#   USER_DIR=$REPO/fairseq_lrdrop   plugin dir (--user-dir); empty = stock fairseq only
+#   HIDDEN_REG_WEIGHT=1.0 ATTN_REG_WEIGHT=1.0 OUTPUT_REG_WEIGHT=5.0 LABEL_SMOOTHING=0.1
+#   LR                   base 7e-4, big 1e-3
+#   WARMUP=4000          inverse_sqrt schedule, warmup from 1e-7; Adam (0.9, 0.98)
+#   DROPOUT              base 0.1; big 0.3 (en-de) / 0.1 (en-fr), as Vaswani et al.
+#   WEIGHT_DECAY=0.0 CLIP_NORM=0.0
+#   MAX_TOKENS           per GPU per step: base 4096, big 3584
+#   TOKENS_PER_UPDATE    base 32768, big 458752
+#   UPDATE_FREQ          overrides the computed value
+#   MAX_UPDATE           base 100000, big 30000 (project defaults; raise them if the
+#                        validation loss still falls)
+#   SAVE_INTERVAL_UPDATES=1000 KEEP_INTERVAL_UPDATES=20 LOG_INTERVAL=100 SEED=1
+#   FP16=1               --fp16 on GPU (ignored on CPU)
+#   NUM_GPUS             overrides GPU detection (0 = CPU)
+#   LAUNCH               launcher prefix run as "$LAUNCH -m fairseq_cli.train ..." (torchrun)
+#   EXTRA_ARGS           appended to the fairseq-train command line (word-split)
+#   PYTHON               interpreter with fairseq (default: $REPO/.venv/bin/python, else python3)
+#
+# Usage: MODE=lrdrop ARCH=big bash examples/wmt14/train.sh
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+source "$REPO/examples/lib.sh"
+
+MODE=${MODE:-lrdrop}
+case "$MODE" in baseline|rdrop|lrdrop) ;; *) die "unknown MODE='$MODE': use MODE=baseline, MODE=rdrop or MODE=lrdrop" ;; esac
+PAIR=${PAIR:-en-de}
+case "$PAIR" in en-de|en-fr) SRC=en; TGT=${PAIR#en-} ;; *) die "unknown PAIR='$PAIR': use PAIR=en-de or PAIR=en-fr" ;; esac
+ARCH=${ARCH:-base}
+case "$ARCH" in
+  base) ARCH_NAME=lr_drop_transformer_wmt_en_de; SIZE=base ;;
+  big) ARCH_NAME=lr_drop_transformer_vaswani_wmt_en_de_big; SIZE=big ;;
+  *) ARCH_NAME=$ARCH; if [[ $ARCH == *big* ]]; then SIZE=big; else SIZE=base; fi ;;
+esac
+if [[ $SIZE == big ]]; then
+  D_LR=1e-3; D_MAX_TOKENS=3584; D_TPU=458752; D_MAX_UPDATE=30000
+  if [[ $TGT == fr ]]; then D_DROPOUT=0.1; else D_DROPOUT=0.3; fi
+else
+  D_LR=7e-4; D_MAX_TOKENS=4096; D_TPU=32768; D_MAX_UPDATE=100000; D_DROPOUT=0.1
+fi
+DATA_BIN=${DATA_BIN:-$REPO/data/wmt14_${SRC}_${TGT}/data-bin}
+SAVE_DIR=${SAVE_DIR:-$REPO/checkpoints/wmt14_${PAIR}_${ARCH}_${MODE}}
+USER_DIR=${USER_DIR-$REPO/fairseq_lrdrop}
+HIDDEN_REG_WEIGHT=${HIDDEN_REG_WEIGHT:-1.0}
+ATTN_REG_WEIGHT=${ATTN_REG_WEIGHT:-1.0}
+OUTPUT_REG_WEIGHT=${OUTPUT_REG_WEIGHT:-5.0}
+LABEL_SMOOTHING=${LABEL_SMOOTHING:-0.1}
+LR=${LR:-$D_LR}
+WARMUP=${WARMUP:-4000}
+DROPOUT=${DROPOUT:-$D_DROPOUT}
+WEIGHT_DECAY=${WEIGHT_DECAY:-0.0}
+CLIP_NORM=${CLIP_NORM:-0.0}
+MAX_TOKENS=${MAX_TOKENS:-$D_MAX_TOKENS}
+TOKENS_PER_UPDATE=${TOKENS_PER_UPDATE:-$D_TPU}
+MAX_UPDATE=${MAX_UPDATE:-$D_MAX_UPDATE}
+SAVE_INTERVAL_UPDATES=${SAVE_INTERVAL_UPDATES:-1000}
+KEEP_INTERVAL_UPDATES=${KEEP_INTERVAL_UPDATES:-20}
+LOG_INTERVAL=${LOG_INTERVAL:-100}
+SEED=${SEED:-1}
+FP16=${FP16:-1}
+LAUNCH=${LAUNCH:-}
+EXTRA_ARGS=${EXTRA_ARGS:-}
+
+for v in HIDDEN_REG_WEIGHT ATTN_REG_WEIGHT OUTPUT_REG_WEIGHT LABEL_SMOOTHING LR DROPOUT WEIGHT_DECAY CLIP_NORM; do
+  number "$v" "${!v}"
+done
+for v in WARMUP MAX_TOKENS TOKENS_PER_UPDATE MAX_UPDATE SAVE_INTERVAL_UPDATES KEEP_INTERVAL_UPDATES LOG_INTERVAL SEED; do
+  nonneg_int "$v" "${!v}"
+done
+(( MAX_TOKENS > 0 )) || die "MAX_TOKENS must be > 0"
+if [[ $MODE == lrdrop && -z "$USER_DIR" ]]; then die "MODE=lrdrop needs the plugin: set USER_DIR to the fairseq_lrdrop directory"; fi
+if [[ -n "$USER_DIR" && ! -f "$USER_DIR/__init__.py" ]]; then die "USER_DIR=$USER_DIR is not the plugin package (no __init__.py); set USER_DIR to .../fairseq_lrdrop, or USER_DIR= for stock fairseq"; fi
+
+# data checks (before anything slow)
+[[ -d "$DATA_BIN" ]] || die "DATA_BIN=$DATA_BIN does not exist: run examples/wmt14/prepare.sh (PAIR=$PAIR) first"
+for f in dict.$SRC.txt dict.$TGT.txt train.$SRC-$TGT.$SRC.idx train.$SRC-$TGT.$TGT.idx valid.$SRC-$TGT.$SRC.idx valid.$SRC-$TGT.$TGT.idx; do
+  [[ -s "$DATA_BIN/$f" ]] || die "DATA_BIN=$DATA_BIN lacks $f: it is not a binarized $PAIR data dir (run examples/wmt14/prepare.sh with PAIR=$PAIR)"
+done
+same_dicts "$DATA_BIN" "$SRC" "$TGT" ||
+  die "--share-all-embeddings needs a joined dictionary but $DATA_BIN/dict.$SRC.txt != dict.$TGT.txt: rebinarize with fairseq-preprocess --joined-dictionary (examples/wmt14/prepare.sh does)"
+
+NGPU=$(detect_gpus)
+WORLD=$NGPU; (( WORLD < 1 )) && WORLD=1
+if [[ -n "${UPDATE_FREQ:-}" ]]; then nonneg_int UPDATE_FREQ "$UPDATE_FREQ"; (( UPDATE_FREQ >= 1 )) || die "UPDATE_FREQ must be >= 1"
+else UPDATE_FREQ=$(update_freq "$TOKENS_PER_UPDATE" "$WORLD" "$MAX_TOKENS"); fi
+DEVICE_ARGS=()
+if (( NGPU == 0 )); then DEVICE_ARGS+=(--cpu); DEV="CPU"
+else DEV="$NGPU GPU(s)"; [[ $FP16 == 1 ]] && DEVICE_ARGS+=(--fp16); fi
+
+case "$MODE" in
+  baseline) CRIT=(--criterion label_smoothed_cross_entropy --label-smoothing "$LABEL_SMOOTHING") ;;
+  rdrop) CRIT=(--criterion label_smoothed_cross_entropy_with_rdrop --label-smoothing "$LABEL_SMOOTHING"
+               --rdrop-alpha "$OUTPUT_REG_WEIGHT") ;;
+  lrdrop) CRIT=(--criterion lr_drop_label_smoothed_cross_entropy --label-smoothing "$LABEL_SMOOTHING"
+                --hidden-reg-weight "$HIDDEN_REG_WEIGHT" --attn-reg-weight "$ATTN_REG_WEIGHT"
+                --output-reg-weight "$OUTPUT_REG_WEIGHT") ;;
+esac
+
+mkdir -p "$SAVE_DIR"
+mapfile -t UD < <(user_dir_args)
+read -r -a EXTRA <<< "$EXTRA_ARGS"  # split on whitespace, no globbing, no quoting
+ARGS=("$DATA_BIN" "${UD[@]}" --task translation --source-lang "$SRC" --target-lang "$TGT"
+  --arch "$ARCH_NAME" --share-all-embeddings
+  "${CRIT[@]}"
+  --optimizer adam --adam-betas "(0.9, 0.98)" --clip-norm "$CLIP_NORM" --weight-decay "$WEIGHT_DECAY"
+  --lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP" --warmup-init-lr 1e-07
+  --dropout "$DROPOUT"
+  --max-tokens "$MAX_TOKENS" --update-freq "$UPDATE_FREQ" --max-update "$MAX_UPDATE"
+  --save-dir "$SAVE_DIR" --save-interval-updates "$SAVE_INTERVAL_UPDATES"
+  --keep-interval-updates "$KEEP_INTERVAL_UPDATES" --no-epoch-checkpoints
+  --skip-invalid-size-inputs-valid-test
+  --log-format simple --log-interval "$LOG_INTERVAL" --seed "$SEED"
+  "${DEVICE_ARGS[@]}" "${EXTRA[@]}")
+
+echo "mode=$MODE arch=$ARCH_NAME pair=$PAIR device=$DEV"
+echo "effective batch: $WORLD worker(s) x $MAX_TOKENS tokens x update_freq $UPDATE_FREQ = $(( WORLD * MAX_TOKENS * UPDATE_FREQ )) tokens/update (target TOKENS_PER_UPDATE=$TOKENS_PER_UPDATE)"
+if [[ -s "$SAVE_DIR/checkpoint_last.pt" ]]; then echo "resuming from $SAVE_DIR/checkpoint_last.pt"; fi
+echo "checkpoints: $SAVE_DIR   log: $SAVE_DIR/train.log"
+if [[ -n "$LAUNCH" ]]; then
+  read -r -a CMD <<< "$LAUNCH"
+  CMD+=(-m fairseq_cli.train)
+else
+  CMD=("$PYTHON" -m fairseq_cli.train)
+fi
+{ echo "# $(date -u +%FT%TZ) ${CMD[*]} ${ARGS[*]}"; } >> "$SAVE_DIR/train.log"
+"${CMD[@]}" "${ARGS[@]}" 2>&1 | tee -a "$SAVE_DIR/train.log"
+[[ -s "$SAVE_DIR/checkpoint_last.pt" ]] || die "training wrote no checkpoint (see $SAVE_DIR/train.log)"
+echo "checkpoints written to: $SAVE_DIR"
