@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny En->De corpus binarized with the real fairseq-preprocess, and
 in-process builders for fairseq tasks, models and criterions on it."""
+import json
 import os
 import random
 import subprocess
@@ -12,6 +13,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 USER_DIR = str(REPO / "fairseq_lrdrop")
 BIN = Path(sys.executable).parent
+
+# One intra-op thread per process: the suite runs on 2 shared cores, where 2 threads make these
+# tiny models ~4x slower, and subprocess ranks would oversubscribe the cores.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+torch.set_num_threads(1)
 
 # A toy language pair: word-by-word translation, so a few updates already learn something.
 EN = "the a cat dog house tree runs sees big small red blue green quick slow old new".split()
@@ -39,7 +45,7 @@ def run_cli(tool, *args, check=True, env=None, cwd=None):
     """Run a fairseq console script from this venv; returns the CompletedProcess."""
     proc = subprocess.run(
         [str(BIN / tool), *map(str, args)], capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, cwd=cwd,
+        env={**os.environ, **ONE_THREAD, **(env or {})}, cwd=cwd,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -82,3 +88,15 @@ def batch(task, split="valid", size=8, start=0):
     task.load_dataset(split)
     dataset = task.dataset(split)
     return dataset.collater([dataset[i] for i in range(start, start + size)])
+
+
+def train_inner(log):
+    """The train_inner records of a --log-format json log, in order."""
+    return [json.loads(line.split("| train_inner | ", 1)[1])
+            for line in log.splitlines() if "| train_inner | " in line]
+
+
+def max_state_diff(a, b):
+    """Largest absolute difference between two state dicts with the same keys."""
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)

@@ -1,0 +1,203 @@
+"""End-to-end tests of the DDTP example scripts, offline: prepare.sh on tiny generated index
+files (DDTP_INDEX_DIR), train.sh in every MODE for a few updates of a 2-layer tiny model,
+evaluate.sh (BLEU / ROUGE); and the scripts' bad-input errors."""
+import gzip
+import os
+import random
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EX = os.path.join(ROOT, "examples", "ddtp")
+CRITERIA = os.path.join(ROOT, "fairseq_lrdrop", "criterions")
+HAS_LRDROP = os.path.isdir(CRITERIA) and any(
+    f.startswith("lr_drop_label_smoothed") for f in os.listdir(CRITERIA))
+
+EN_WORDS = ("tool library data file viewer editor fast small simple network music image "
+            "text game server client audio video shared documentation plugin").split()
+DE_WORDS = ("Werkzeug Bibliothek Daten Datei Betrachter Editor schnell klein einfach Netzwerk "
+            "Musik Bild Text Spiel Server Client Audio Video gemeinsam Dokumentation "
+            "Erweiterung").split()
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PYTHON"] = sys.executable
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _run(script, cwd, timeout=300, **extra):
+    return subprocess.run(["bash", os.path.join(EX, script)], cwd=str(cwd), env=_env(**extra),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _sentence(rng, n):
+    idx = [rng.randrange(len(EN_WORDS)) for _ in range(n)]
+    return " ".join(EN_WORDS[i] for i in idx), " ".join(DE_WORDS[i] for i in idx)
+
+
+def write_indexes(directory, n_sources=30, seed=0):
+    """Translation-en (plain), Translation-de (.gz) and Packages (plain) for n_sources source
+    packages with 1-2 binaries each: a few dozen descriptions."""
+    rng = random.Random(seed)
+    en, de, pk = [], [], []
+    k = 0
+    for s in range(n_sources):
+        for b in range(1 + s % 2):
+            k += 1
+            pkg = "pkg%d" % s + ("-data" if b else "")
+            md5 = "%032x" % k
+            syn = _sentence(rng, rng.randint(3, 6))
+            pars = [_sentence(rng, rng.randint(5, 10)) for _ in range(2)]
+            body_en = "\n .\n".join(" " + p[0] for p in pars)
+            body_de = "\n .\n".join(" " + p[1] for p in pars)
+            en.append("Package: %s\nDescription-md5: %s\nDescription-en: %s\n%s\n"
+                      % (pkg, md5, syn[0], body_en))
+            de.append("Package: %s\nDescription-md5: %s\nDescription-de: %s\n%s\n"
+                      % (pkg, md5, syn[1], body_de))
+            pk.append("Package: %s\n%sVersion: 1.0-1\nDescription-md5: %s\n"
+                      % (pkg, "Source: pkg%d (1.0-1)\n" % s if b else "", md5))
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "t_main_i18n_Translation-en"), "w") as fh:
+        fh.write("\n".join(en))
+    with gzip.open(os.path.join(directory, "t_main_i18n_Translation-de.gz"), "wt") as fh:
+        fh.write("\n".join(de))
+    with open(os.path.join(directory, "t_main_binary-amd64_Packages"), "w") as fh:
+        fh.write("\n".join(pk))
+
+
+TINY = dict(ENCODER_LAYERS=2, DECODER_LAYERS=2, EMBED_DIM=32, FFN_DIM=64, HEADS=2,
+            MAX_TOKENS=500, MAX_UPDATE=3, WARMUP=2, LR=1e-3, LOG_INTERVAL=1, CPU=1,
+            NUM_WORKERS=0)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    work = tmp_path_factory.mktemp("ddtp")
+    write_indexes(str(work / "idx"))
+    proc = _run("prepare.sh", work, DDTP_INDEX_DIR=work / "idx", DATA_DIR=work / "data",
+                VALID_SIZE=8, TEST_SIZE=8, SPM_VOCAB=80, SUM_SPM_VOCAB=80, WORKERS=1)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return work, proc
+
+
+def test_prepare_outputs(prepared):
+    work, proc = prepared
+    data = work / "data"
+    for split in ("train", "valid", "test"):
+        en = (data / "raw/translation" / (split + ".en")).read_text().splitlines()
+        de = (data / "raw/translation" / (split + ".de")).read_text().splitlines()
+        assert len(en) == len(de) > 0
+        assert (data / "raw/summarization" / (split + ".src")).stat().st_size > 0
+    for name in ("translation-en-de", "summarization"):
+        assert (data / "bin" / name / "spm.model").exists()
+        ext = "en" if name.startswith("translation") else "src"
+        assert (data / "bin" / name / ("test.raw." + ext)).exists()
+    assert (data / "bin/translation-en-de/train.en-de.en.bin").exists()
+    assert (data / "bin/summarization/train.src-tgt.src.bin").exists()
+    assert "pairs: train" in proc.stdout and str(data / "bin") in proc.stdout
+    # a rerun reuses every step
+    again = _run("prepare.sh", work, DDTP_INDEX_DIR=work / "idx", DATA_DIR=data,
+                 VALID_SIZE=8, TEST_SIZE=8, SPM_VOCAB=80, SUM_SPM_VOCAB=80, WORKERS=1)
+    assert again.returncode == 0, again.stderr
+    assert "binarized data cached" in again.stdout
+    assert "training sentencepiece" not in again.stdout
+    # changed index files invalidate the cached steps
+    de = work / "idx" / "t_main_i18n_Translation-de.gz"
+    os.utime(str(de), (1, 1))
+    third = _run("prepare.sh", work, DDTP_INDEX_DIR=work / "idx", DATA_DIR=data, TASKS="translation",
+                 VALID_SIZE=8, TEST_SIZE=8, SPM_VOCAB=80, SUM_SPM_VOCAB=80, WORKERS=1)
+    assert third.returncode == 0, third.stderr
+    assert "training sentencepiece" in third.stdout and "raw splits cached" not in third.stdout
+
+
+MODES = ["baseline", "rdrop", "lrdrop"] if HAS_LRDROP else ["baseline"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_train_and_evaluate_translation(prepared, mode):
+    work, _ = prepared
+    save = work / ("run-" + mode)
+    arch = "lr_drop_transformer" if HAS_LRDROP else "transformer"
+    proc = _run("train.sh", work, MODE=mode, TASK="translation", DATA_DIR=work / "data",
+                SAVE_DIR=save, ARCH=arch, **TINY)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (save / "checkpoint_best.pt").exists()
+    log = (save / "train.log").read_text()
+    assert '"num_updates": "3"' in log
+    if mode == "lrdrop":
+        assert "hidden_reg" in log or "output_reg" in log
+    if mode != "baseline" and mode != MODES[-1]:
+        return  # decode once per task flavour: keeps the file short
+    ev = _run("evaluate.sh", work, TASK="translation", DATA_DIR=work / "data", SAVE_DIR=save,
+              BEAM=2, CPU=1)
+    assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
+    m = re.search(r"^BLEU = (\d+\.\d+)$", ev.stdout, re.M)
+    assert m, ev.stdout
+    assert "signature: nrefs:1" in ev.stdout
+    hyp = save / "eval-test-checkpoint_best" / "hyp.txt"
+    ref = save / "eval-test-checkpoint_best" / "ref.txt"
+    assert len(hyp.read_text().splitlines()) == len(ref.read_text().splitlines()) > 0
+    assert str(hyp) in ev.stdout
+
+
+def test_train_and_evaluate_summarization(prepared):
+    work, _ = prepared
+    save = work / "run-sum"
+    mode = "lrdrop" if HAS_LRDROP else "baseline"
+    arch = "lr_drop_transformer" if HAS_LRDROP else "transformer"
+    proc = _run("train.sh", work, MODE=mode, TASK="summarization", DATA_DIR=work / "data",
+                SAVE_DIR=save, ARCH=arch, **TINY)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ev = _run("evaluate.sh", work, TASK="summarization", DATA_DIR=work / "data",
+              SAVE_DIR=save, BEAM=2, CPU=1, MAX_LEN_B=8)
+    assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
+    assert re.search(r"ROUGE-1 = \d+\.\d+ ROUGE-2 = \d+\.\d+ ROUGE-L = \d+\.\d+", ev.stdout), ev.stdout
+
+
+# ------------------------------------------------------------------ bad input
+def _one_line_error(proc, *needles):
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_train_missing_data_dir(tmp_path):
+    proc = _run("train.sh", tmp_path, MODE="baseline", DATA_DIR=tmp_path / "nodata",
+                MAX_UPDATE=1, timeout=60)
+    _one_line_error(proc, str(tmp_path / "nodata" / "bin" / "translation-en-de"), "prepare.sh")
+
+
+def test_train_data_dir_without_expected_files(tmp_path):
+    (tmp_path / "d" / "bin" / "translation-en-de").mkdir(parents=True)
+    proc = _run("train.sh", tmp_path, MODE="baseline", DATA_DIR=tmp_path / "d",
+                MAX_UPDATE=1, timeout=60)
+    _one_line_error(proc, "dict.en.txt", "prepare.sh")
+
+
+def test_train_unknown_mode_and_task(tmp_path):
+    _one_line_error(_run("train.sh", tmp_path, MODE="bogus", timeout=60), "MODE", "bogus")
+    _one_line_error(_run("train.sh", tmp_path, TASK="bogus", timeout=60), "TASK", "bogus")
+
+
+def test_evaluate_missing_checkpoint(tmp_path):
+    proc = _run("evaluate.sh", tmp_path, SAVE_DIR=tmp_path / "run", timeout=60)
+    _one_line_error(proc, str(tmp_path / "run" / "checkpoint_best.pt"), "train.sh")
+
+
+def test_prepare_missing_index_dir(tmp_path):
+    proc = _run("prepare.sh", tmp_path, DDTP_INDEX_DIR=tmp_path / "none",
+                DATA_DIR=tmp_path / "d", timeout=60)
+    _one_line_error(proc, "DDTP_INDEX_DIR", str(tmp_path / "none"))
+    (tmp_path / "emptyidx").mkdir()
+    proc = _run("prepare.sh", tmp_path, DDTP_INDEX_DIR=tmp_path / "emptyidx",
+                DATA_DIR=tmp_path / "d", timeout=60)
+    _one_line_error(proc, "Translation-en")
+    assert not (tmp_path / "d").exists()     # nothing written before the inputs check
