@@ -34,7 +34,7 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/ddtp/demo.sh
 
 bench: $(STAMP)
-	$(PY) bench/speed.py --preset small
+	$(PY) bench/speed.py --preset small --json bench/speed-small-cpu.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

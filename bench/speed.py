@@ -11,20 +11,22 @@ same initial weights:
   lrdrop    lr_drop_label_smoothed_cross_entropy, all three terms on
 Step = forward + backward + optimizer step. Steps are interleaved round-robin across the
 configurations so that machine noise hits them alike; the median is reported. Peak memory:
-CUDA peak allocated on a GPU; on CPU the peak resident set of a forked child that runs a few
-steps of one configuration, minus the resident set at the fork.
+CUDA peak allocated on a GPU; on CPU the peak resident set of a fresh process that builds one
+configuration and runs 3 steps, minus its resident set before the first step.
 Also times generation (beam search) with the same weights in lr_drop_transformer and in the
 stock transformer. Prints a table and writes JSON (--json).
 """
 import argparse
 import json
+import logging
 import os
 import platform
-import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,10 +36,10 @@ sys.path.insert(0, str(REPO))
 
 PRESETS = {
     # name: (model flags, sentences per batch, tokens per sentence, vocabulary)
-    "small": (["--encoder-layers", "3", "--decoder-layers", "3", "--encoder-embed-dim", "256",
-               "--decoder-embed-dim", "256", "--encoder-ffn-embed-dim", "1024",
-               "--decoder-ffn-embed-dim", "1024", "--encoder-attention-heads", "4",
-               "--decoder-attention-heads", "4"], 32, 24, 8000),
+    "small": (["--encoder-layers", "3", "--decoder-layers", "3", "--encoder-embed-dim", "128",
+               "--decoder-embed-dim", "128", "--encoder-ffn-embed-dim", "512",
+               "--decoder-ffn-embed-dim", "512", "--encoder-attention-heads", "4",
+               "--decoder-attention-heads", "4"], 24, 24, 4000),
     "wmt": ([], 128, 32, 32000),  # transformer_wmt_en_de: 6+6 layers, d 512, 4096 tokens a side
 }
 CRITERIA = {
@@ -113,27 +115,34 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def cpu_peak_rss_delta(config, steps):
-    """Fork; the child runs `steps` steps; return its peak RSS growth in MiB."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        start = _rss_mib()
-        for _ in range(steps):
-            config.step()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        os.write(write, json.dumps(peak - start).encode())
-        os._exit(0)
-    os.close(write)
-    data = os.read(read, 100)
-    os.waitpid(pid, 0)
-    return json.loads(data)
+def cpu_peak_rss_delta(name, preset, dtype, steps=3):
+    """Peak RSS growth (MiB) of a fresh process that builds one configuration and runs `steps`
+    steps: RSS is per process, so each configuration gets its own (a fork would deadlock
+    torch's OpenMP pool)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--preset", preset, "--cpu", "--memory-of", name,
+         "--steps", str(steps)] + (["--bf16"] if dtype == torch.bfloat16 else []),
+        capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def measure_own_memory(name, preset, dtype, steps):
+    config = Config(name, preset, torch.device("cpu"), dtype)
+    # Reset the kernel's peak-RSS mark (VmHWM), so start-up transients do not count.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    start = _status_mib("VmRSS")
+    for _ in range(steps):
+        config.step()
+    print(json.dumps(_status_mib("VmHWM") - start))
+
+
+def _status_mib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def time_generation(preset, device, dtype, repeats):
@@ -144,6 +153,7 @@ def time_generation(preset, device, dtype, repeats):
     stock = TransformerModel.build_model(model.args, task).to(device=device, dtype=dtype)
     stock.load_state_dict(model.state_dict())
     sample = synthetic_batch(task, preset, device)
+    sample = {**sample, "net_input": {k: v[:8] for k, v in sample["net_input"].items()}}
     from fairseq.sequence_generator import SequenceGenerator
 
     results = {}
@@ -164,6 +174,8 @@ def time_generation(preset, device, dtype, repeats):
 
 
 def main():
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per configuration")
@@ -173,12 +185,15 @@ def main():
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="write results here")
+    parser.add_argument("--memory-of", choices=sorted(CRITERIA), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
     steps = args.steps or (20 if device.type == "cpu" else 50)
+    if args.memory_of:
+        return measure_own_memory(args.memory_of, args.preset, dtype, steps)
 
     configs = [Config(name, args.preset, device, dtype) for name in CRITERIA]
     for _ in range(args.warmup):
@@ -200,11 +215,11 @@ def main():
             sync(device)
             peak = torch.cuda.max_memory_allocated() / 2**20
         else:
-            peak = cpu_peak_rss_delta(config, 3)
+            peak = cpu_peak_rss_delta(config.name, args.preset, dtype)
         median = statistics.median(config.times)
         rows[config.name] = {"step_ms": 1000 * median, "tokens_per_s": config.sample["ntokens"] / median,
                              "peak_mib": peak}
-    generation = time_generation(args.preset, device, dtype, repeats=5)
+    generation = time_generation(args.preset, device, dtype, repeats=10)
 
     ratios = {
         "lrdrop/rdrop step": rows["lrdrop"]["step_ms"] / rows["rdrop"]["step_ms"],
