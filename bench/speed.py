@@ -40,6 +40,10 @@ PRESETS = {
                "--decoder-embed-dim", "128", "--encoder-ffn-embed-dim", "512",
                "--decoder-ffn-embed-dim", "512", "--encoder-attention-heads", "4",
                "--decoder-attention-heads", "4"], 24, 24, 4000),
+    "tiny": (["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16",
+              "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32",
+              "--decoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2",
+              "--decoder-attention-heads", "2"], 4, 8, 100),  # smoke tests only
     "wmt": ([], 128, 32, 32000),  # transformer_wmt_en_de: 6+6 layers, d 512, 4096 tokens a side
 }
 CRITERIA = {

@@ -1,0 +1,43 @@
+"""bench/speed.py and bench/plot.py run and report what they measured (timings are not asserted)."""
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_speed_benchmark_reports_every_configuration(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = subprocess.run([sys.executable, REPO / "bench" / "speed.py", "--preset", "tiny", "--steps", "2",
+                           "--warmup", "1", "--cpu", "--json", out], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["rows"]) == {"baseline", "rdrop", "lrdrop"}
+    for row in result["rows"].values():
+        assert row["step_ms"] > 0 and row["tokens_per_s"] > 0 and row["peak_mib"] >= 0
+    assert set(result["ratios"]) == {"lrdrop/rdrop step", "lrdrop/rdrop memory", "lrdrop/baseline step",
+                                     "generation speed lrdrop_arch/stock_arch"}
+    assert "lrdrop/rdrop step" in proc.stdout
+
+    png = tmp_path / "speed.png"
+    subprocess.run([sys.executable, REPO / "bench" / "plot.py", "speed", out, "--out", png], check=True)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curves_from_fairseq_json_logs(tmp_path):
+    log = tmp_path / "train.log"
+    lines = ["{'_name': None}"]  # the config dump fairseq writes first
+    for update in (50, 100):
+        lines.append(json.dumps({"epoch": 1, "loss": "5.1", "hidden_reg": "0.2", "attn_reg": "0.05",
+                                 "output_reg": "0.1", "num_updates": str(update)}))
+    lines.append(json.dumps({"epoch": 1, "valid_loss": "4.9", "valid_num_updates": "100"}))
+    lines.append(json.dumps({"epoch": 1, "train_loss": "5.0", "train_num_updates": "100"}))
+    log.write_text("\n".join(lines) + "\n")
+    png = tmp_path / "curves.png"
+    proc = subprocess.run([sys.executable, REPO / "bench" / "plot.py", "curves", f"lrdrop={log}", "--out", png],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert png.stat().st_size > 1000
+    bad = subprocess.run([sys.executable, REPO / "bench" / "plot.py", "curves", f"x={tmp_path / 'nope.log'}",
+                          "--out", png], capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.startswith("error: expected NAME=LOG")
