@@ -12,9 +12,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EX = os.path.join(ROOT, "examples", "ddtp")
-CRITERIA = os.path.join(ROOT, "fairseq_lrdrop", "criterions")
-HAS_LRDROP = os.path.isdir(CRITERIA) and any(
-    f.startswith("lr_drop_label_smoothed") for f in os.listdir(CRITERIA))
 
 EN_WORDS = ("tool library data file viewer editor fast small simple network music image "
             "text game server client audio video shared documentation plugin").split()
@@ -116,14 +113,14 @@ def test_prepare_outputs(prepared):
     assert "training sentencepiece" in third.stdout and "raw splits cached" not in third.stdout
 
 
-MODES = ["baseline", "rdrop", "lrdrop"] if HAS_LRDROP else ["baseline"]
+MODES = ["baseline", "rdrop", "lrdrop"]
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_train_and_evaluate_translation(prepared, mode):
     work, _ = prepared
     save = work / ("run-" + mode)
-    arch = "lr_drop_transformer" if HAS_LRDROP else "transformer"
+    arch = "lr_drop_transformer"
     proc = _run("train.sh", work, MODE=mode, TASK="translation", DATA_DIR=work / "data",
                 SAVE_DIR=save, ARCH=arch, **TINY)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -149,8 +146,8 @@ def test_train_and_evaluate_translation(prepared, mode):
 def test_train_and_evaluate_summarization(prepared):
     work, _ = prepared
     save = work / "run-sum"
-    mode = "lrdrop" if HAS_LRDROP else "baseline"
-    arch = "lr_drop_transformer" if HAS_LRDROP else "transformer"
+    mode = "lrdrop"
+    arch = "lr_drop_transformer"
     proc = _run("train.sh", work, MODE=mode, TASK="summarization", DATA_DIR=work / "data",
                 SAVE_DIR=save, ARCH=arch, **TINY)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -201,3 +198,21 @@ def test_prepare_missing_index_dir(tmp_path):
                 DATA_DIR=tmp_path / "d", timeout=60)
     _one_line_error(proc, "Translation-en")
     assert not (tmp_path / "d").exists()     # nothing written before the inputs check
+
+
+def test_quality_study_script_runs_sweep_and_table(prepared, tmp_path):
+    """bench/quality.sh end to end on the tiny data: the valid-split sweep picks weights,
+    every mode trains, and the results table holds one test score per mode."""
+    work, _ = prepared
+    run_dir = tmp_path / "quality"
+    proc = subprocess.run(
+        ["bash", os.path.join(ROOT, "bench", "quality.sh")], cwd=str(work), capture_output=True, text=True,
+        timeout=600, env=_env(TASK="translation", SEEDS="1", SWEEP="1,1,1 0.5,0,1", RUN_DIR=run_dir,
+                              DDTP_INDEX_DIR=work / "idx", DATA_DIR=work / "data", VALID_SIZE=8, TEST_SIZE=8,
+                              SPM_VOCAB=80, SUM_SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, **TINY))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sweep = (run_dir / "sweep.txt").read_text()
+    assert sweep.count("valid=") == 2 and "chosen: " in sweep
+    table = (run_dir / "results.md").read_text()
+    for mode in ("baseline", "rdrop", "lrdrop"):
+        assert re.search(rf"\| {mode} \|.*\| \d+\.\d\d \| \d+\.\d\d \| \d+ \|", table), table

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Quality study on real data (DDTP): baseline vs R-Drop vs LR-Drop with the same model, data,
+# seeds and stopping rule; test sacreBLEU (translation) or ROUGE (summarization) of the
+# valid-best checkpoint. The LR-Drop weights are chosen on the VALID split only.
+#
+# Steps:
+#   1. examples/ddtp/prepare.sh with the study's data knobs (cached on reruns)
+#   2. sweep: LR-Drop with each "alpha,beta,gamma" of SWEEP on the first seed; the triple with
+#      the best VALID score is kept (R-Drop uses the same gamma)
+#   3. every MODE x SEED trains until the valid loss stops improving (PATIENCE epochs) or
+#      MAX_EPOCH; each run's wall time is recorded
+#   4. test scores of checkpoint_best.pt -> $RUN_DIR/results.md and results.json
+# A rerun skips runs whose results exist (each run writes result.json last).
+#
+# Inputs:  apt access (or DDTP_INDEX_DIR), see examples/ddtp/prepare.sh
+# Outputs: $RUN_DIR/<mode>-<weights>-seed<k>/ (checkpoints, train.log, eval-*/),
+#          $RUN_DIR/sweep.txt, $RUN_DIR/results.md, $RUN_DIR/results.json
+#
+# Environment knobs (default):
+#   TASK=translation            translation | summarization
+#   MODES="baseline rdrop lrdrop"
+#   SEEDS="1 2"
+#   SWEEP="1,1,5 0.5,0.5,5 2,2,5"  LR-Drop alpha,beta,gamma triples tried on valid
+#   RUN_DIR=runs/quality-$TASK
+#   DATA_DIR=data/ddtp-quality  MAX_WORDS=25 (translation segments, words per side)
+#   PATIENCE=5 MAX_EPOCH=60     stopping rule (validation every epoch)
+#   ENCODER_LAYERS=3 DECODER_LAYERS=3 EMBED_DIM=256 FFN_DIM=1024 HEADS=4 DROPOUT=0.3
+#   MAX_TOKENS=4096 LR=5e-4 WARMUP=4000
+#   BEAM=5                      decoding beam for valid and test scoring
+#   any other examples/ddtp/train.sh or evaluate.sh knob passes through the environment
+# On a GPU machine the same command runs there (train.sh picks the GPU); raise the model
+# and MAX_EPOCH for a full-scale study.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+DDTP="$HERE/../examples/ddtp"
+export TASK="${TASK:-translation}"
+MODES="${MODES:-baseline rdrop lrdrop}"
+SEEDS="${SEEDS:-1 2}"
+SWEEP="${SWEEP:-1,1,5 0.5,0.5,5 2,2,5}"
+RUN_DIR="${RUN_DIR:-runs/quality-$TASK}"
+export DATA_DIR="${DATA_DIR:-data/ddtp-quality}"
+export MAX_WORDS="${MAX_WORDS:-25}"
+export PATIENCE="${PATIENCE:-5}" MAX_EPOCH="${MAX_EPOCH:-60}"
+export BEAM="${BEAM:-5}"
+PYTHON="${PYTHON:-python3}"
+
+case "$TASK" in translation|summarization) ;; *) echo "error: unknown TASK='$TASK' (translation or summarization)" >&2; exit 1;; esac
+for mode in $MODES; do
+  case "$mode" in baseline|rdrop|lrdrop) ;; *) echo "error: unknown mode '$mode' in MODES (baseline, rdrop, lrdrop)" >&2; exit 1;; esac
+done
+for triple in $SWEEP; do
+  [[ "$triple" =~ ^[0-9.]+,[0-9.]+,[0-9.]+$ ]] || { echo "error: SWEEP entry '$triple' is not alpha,beta,gamma (e.g. 1,1,5)" >&2; exit 1; }
+done
+mkdir -p "$RUN_DIR"
+
+# score FILE -> the headline number (BLEU, or ROUGE-L) of an evaluate.sh score.txt
+score() { "$PYTHON" -c '
+import re, sys
+text = open(sys.argv[1]).read()
+m = re.search(r"BLEU = ([0-9.]+)", text) or re.search(r"ROUGE-L = ([0-9.]+)", text)
+print(m.group(1))' "$1"; }
+
+# run MODE ALPHA BETA GAMMA SEED SUBSET -> trains (unless done) and prints the run directory
+run() {
+  local mode=$1 alpha=$2 beta=$3 gamma=$4 seed=$5 subset=$6
+  local tag="$mode"
+  [[ $mode == lrdrop ]] && tag="$mode-$alpha-$beta-$gamma"
+  [[ $mode == rdrop ]] && tag="$mode-$gamma"
+  local dir="$RUN_DIR/$tag-seed$seed"
+  if [[ ! -s "$dir/result-$subset.json" ]]; then
+    if [[ ! -s "$dir/trained" ]]; then
+      local start=$SECONDS
+      MODE=$mode SEED=$seed SAVE_DIR="$dir" HIDDEN_REG_WEIGHT=$alpha ATTN_REG_WEIGHT=$beta \
+        OUTPUT_REG_WEIGHT=$gamma bash "$DDTP/train.sh" > "$dir.train.out" 2>&1 \
+        || { tail -n 20 "$dir.train.out" >&2; echo "error: training $tag seed $seed failed (log: $dir.train.out)" >&2; exit 1; }
+      echo $((SECONDS - start)) > "$dir/trained"
+    fi
+    SUBSET=$subset SAVE_DIR="$dir" bash "$DDTP/evaluate.sh" > "$dir.eval-$subset.out" 2>&1 \
+      || { tail -n 20 "$dir.eval-$subset.out" >&2; echo "error: evaluating $tag failed" >&2; exit 1; }
+    local sc
+    sc=$(score "$dir/eval-$subset-checkpoint_best/score.txt")
+    printf '{"mode": "%s", "weights": [%s, %s, %s], "seed": %s, "subset": "%s", "score": %s, "train_seconds": %s}\n' \
+      "$mode" "$alpha" "$beta" "$gamma" "$seed" "$subset" "$sc" "$(cat "$dir/trained")" > "$dir/result-$subset.json.tmp"
+    mv "$dir/result-$subset.json.tmp" "$dir/result-$subset.json"
+  fi
+  echo "$dir"
+}
+
+echo "=== [1/4] data ($TASK) -> $DATA_DIR"
+TASKS=$TASK bash "$DDTP/prepare.sh" > "$RUN_DIR/prepare.out" 2>&1 \
+  || { tail -n 20 "$RUN_DIR/prepare.out" >&2; echo "error: data preparation failed (log: $RUN_DIR/prepare.out)" >&2; exit 1; }
+
+first_seed=${SEEDS%% *}
+best="" best_score=-1
+echo "=== [2/4] LR-Drop weights on the valid split (seed $first_seed)"
+: > "$RUN_DIR/sweep.txt.tmp"
+for triple in $SWEEP; do
+  IFS=, read -r a b g <<< "$triple"
+  dir=$(run lrdrop "$a" "$b" "$g" "$first_seed" valid)
+  sc=$(score "$dir/eval-valid-checkpoint_best/score.txt")
+  echo "alpha=$a beta=$b gamma=$g valid=$sc" | tee -a "$RUN_DIR/sweep.txt.tmp"
+  if "$PYTHON" -c "import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) else 1)" "$sc" "$best_score"; then
+    best=$triple best_score=$sc
+  fi
+done
+echo "chosen: $best (valid $best_score)" | tee -a "$RUN_DIR/sweep.txt.tmp"
+mv "$RUN_DIR/sweep.txt.tmp" "$RUN_DIR/sweep.txt"
+IFS=, read -r ALPHA BETA GAMMA <<< "$best"
+
+echo "=== [3/4] training every mode x seed"
+dirs=()
+for seed in $SEEDS; do
+  for mode in $MODES; do
+    dirs+=("$(run "$mode" "$ALPHA" "$BETA" "$GAMMA" "$seed" test)")
+  done
+done
+
+echo "=== [4/4] results"
+"$PYTHON" - "$RUN_DIR" "$TASK" "${dirs[@]}" <<'PY'
+import json, statistics, sys
+run_dir, task, dirs = sys.argv[1], sys.argv[2], sys.argv[3:]
+rows = [json.load(open(f"{d}/result-test.json")) for d in dirs]
+metric = "test sacreBLEU" if task == "translation" else "test ROUGE-L"
+by_mode = {}
+for r in rows:
+    by_mode.setdefault(r["mode"], []).append(r)
+lines = [f"| mode | weights (alpha, beta, gamma) | {metric} per seed | mean | train wall (s) per seed |",
+         "|---|---|---|---|---|"]
+for mode, rs in by_mode.items():
+    weights = "-" if mode == "baseline" else ", ".join(map(str, rs[0]["weights"])) if mode == "lrdrop" else f"gamma {rs[0]['weights'][2]}"
+    scores = ", ".join("%.2f" % r["score"] for r in rs)
+    walls = ", ".join(str(r["train_seconds"]) for r in rs)
+    mean = statistics.mean(r["score"] for r in rs)
+    lines.append(f"| {mode} | {weights} | {scores} | {mean:.2f} | {walls} |")
+open(f"{run_dir}/results.md", "w").write("\n".join(lines) + "\n")
+json.dump(rows, open(f"{run_dir}/results.json", "w"), indent=1)
+print("\n".join(lines))
+print(f"wrote {run_dir}/results.md and {run_dir}/results.json")
+PY
