@@ -28,14 +28,10 @@ import re
 import sys
 
 import torch
+from textio import fail
 
 UPDATE_RE = re.compile(r"^checkpoint_(\d+)_(\d+)\.pt$")
 EPOCH_RE = re.compile(r"^checkpoint(\d+)\.pt$")
-
-
-def fail(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
 
 
 def select(directory, kind, n, upper_bound=None):

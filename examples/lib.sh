@@ -69,3 +69,20 @@ skip_if_done() {
   if [[ -e "$1" ]]; then log "skip: $2 (found $1)"; return 0; fi
   return 1
 }
+
+# run_fairseq_train SAVE_DIR ARG...: fairseq-train (through $LAUNCH, e.g. torchrun, when set),
+# the command and its output appended to SAVE_DIR/train.log; fails when no checkpoint came out.
+run_fairseq_train() {
+  local save_dir=$1 cmd
+  shift
+  if [[ -n "${LAUNCH:-}" ]]; then
+    read -r -a cmd <<< "$LAUNCH"
+    cmd+=(-m fairseq_cli.train)
+  else
+    cmd=("$PYTHON" -m fairseq_cli.train)
+  fi
+  echo "# $(date -u +%FT%TZ) ${cmd[*]} $*" >> "$save_dir/train.log"
+  "${cmd[@]}" "$@" 2>&1 | tee -a "$save_dir/train.log"
+  [[ -s "$save_dir/checkpoint_last.pt" ]] || die "training wrote no checkpoint (see $save_dir/train.log)"
+  echo "checkpoints written to: $save_dir"
+}

@@ -20,27 +20,10 @@ import os
 import re
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from textio import fail, read_lines, write_lines  # noqa: E402
+
 _SENT = re.compile(r"(?<=[.!?])\s+")
-
-
-def fail(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
-
-
-def read(path):
-    if not os.path.isfile(path):
-        fail(f"file not found: {path}")
-    with open(path, encoding="utf-8", newline="\n") as f:
-        return [line.rstrip("\n") for line in f]
-
-
-def write(path, lines):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for line in lines:
-            f.write(line + "\n")
-    os.replace(tmp, path)
 
 
 def split_sentences(text):
@@ -57,7 +40,7 @@ def main(argv=None):
     from nltk.tokenize import TreebankWordTokenizer
     from rouge_score import rouge_scorer
 
-    hyps, refs = read(args.hyp), read(args.ref)
+    hyps, refs = read_lines(args.hyp), read_lines(args.ref)
     if len(hyps) != len(refs):
         fail(f"{args.hyp} has {len(hyps)} lines but {args.ref} has {len(refs)}")
     if not hyps:
@@ -70,8 +53,8 @@ def main(argv=None):
         # the Treebank tokenizer splits a final period only: tokenise sentence by sentence
         return " ".join(" ".join(tb.tokenize(s)) for s in _SENT.split(line.strip()) if s).lower()
 
-    write(os.path.join(args.out_dir, "test.hypo.tokenized"), [ptb(x) for x in hyps])
-    write(os.path.join(args.out_dir, "test.target.tokenized"), [ptb(x) for x in refs])
+    write_lines(os.path.join(args.out_dir, "test.hypo.tokenized"), [ptb(x) for x in hyps])
+    write_lines(os.path.join(args.out_dir, "test.target.tokenized"), [ptb(x) for x in refs])
 
     types = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
     scorer = rouge_scorer.RougeScorer(types, use_stemmer=True)
@@ -86,8 +69,8 @@ def main(argv=None):
         f"  (L = rougeLsum, summary-level; sentence-level rougeL = {f1['rougeL']:.2f};"
         f" rouge-score, stemmed, n = {len(hyps)})",
     ]
-    write(os.path.join(args.out_dir, "rouge.txt"), lines)
-    write(os.path.join(args.out_dir, "rouge.json"), [json.dumps({**f1, "num_summaries": len(hyps)})])
+    write_lines(os.path.join(args.out_dir, "rouge.txt"), lines)
+    write_lines(os.path.join(args.out_dir, "rouge.json"), [json.dumps({**f1, "num_summaries": len(hyps)})])
     print("\n".join(lines))
     return 0
 

@@ -149,13 +149,4 @@ ARGS=("$DATA_BIN" "${UD[@]}" "${INIT[@]}"
 echo "mode=$MODE arch=$ARCH device=$DEV; $START"
 echo "effective batch: $WORLD worker(s) x $MAX_TOKENS tokens x update_freq $UPDATE_FREQ = $(( WORLD * MAX_TOKENS * UPDATE_FREQ )) tokens/update (target TOKENS_PER_UPDATE=$TOKENS_PER_UPDATE)"
 echo "checkpoints: $SAVE_DIR   log: $SAVE_DIR/train.log"
-if [[ -n "$LAUNCH" ]]; then
-  read -r -a CMD <<< "$LAUNCH"
-  CMD+=(-m fairseq_cli.train)
-else
-  CMD=("$PYTHON" -m fairseq_cli.train)
-fi
-{ echo "# $(date -u +%FT%TZ) ${CMD[*]} ${ARGS[*]}"; } >> "$SAVE_DIR/train.log"
-"${CMD[@]}" "${ARGS[@]}" 2>&1 | tee -a "$SAVE_DIR/train.log"
-[[ -s "$SAVE_DIR/checkpoint_last.pt" ]] || die "training wrote no checkpoint (see $SAVE_DIR/train.log)"
-echo "checkpoints written to: $SAVE_DIR"
+run_fairseq_train "$SAVE_DIR" "${ARGS[@]}"

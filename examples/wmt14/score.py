@@ -19,26 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from compound_split import compound_split  # noqa: E402
-
-
-def fail(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
-
-
-def read(path):
-    if not os.path.isfile(path):
-        fail(f"file not found: {path}")
-    with open(path, encoding="utf-8", newline="\n") as f:
-        return [line.rstrip("\n") for line in f]
-
-
-def write(path, lines):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for line in lines:
-            f.write(line + "\n")
-    os.replace(tmp, path)
+from textio import fail, read_lines, write_lines  # noqa: E402
 
 
 def main(argv=None):
@@ -53,7 +34,7 @@ def main(argv=None):
     from sacrebleu.metrics import BLEU
     from sacremoses import MosesTokenizer
 
-    hyps, refs = read(args.hyp), read(args.ref)
+    hyps, refs = read_lines(args.hyp), read_lines(args.ref)
     if len(hyps) != len(refs):
         fail(f"{args.hyp} has {len(hyps)} lines but the reference {args.ref} has {len(refs)}")
     os.makedirs(args.out_dir, exist_ok=True)
@@ -66,7 +47,7 @@ def main(argv=None):
     hyp_tok, ref_tok = [moses(x) for x in hyps], [moses(x) for x in refs]
     hyp_atat, ref_atat = [compound_split(x) for x in hyp_tok], [compound_split(x) for x in ref_tok]
     for name, lines in (("hyp.tok", hyp_tok), ("ref.tok", ref_tok), ("hyp.atat", hyp_atat), ("ref.atat", ref_atat)):
-        write(os.path.join(args.out_dir, name), lines)
+        write_lines(os.path.join(args.out_dir, name), lines)
 
     tok_bleu = BLEU(tokenize="none").corpus_score(hyp_atat, [ref_atat])
     metric = BLEU()
@@ -77,8 +58,8 @@ def main(argv=None):
         f"sacreBLEU (detokenized) = {detok_bleu.score:.2f}  [{detok_bleu}]",
         f"sacreBLEU signature: {sig}",
     ]
-    write(os.path.join(args.out_dir, "bleu.txt"), lines)
-    write(os.path.join(args.out_dir, "bleu.json"), [json.dumps({
+    write_lines(os.path.join(args.out_dir, "bleu.txt"), lines)
+    write_lines(os.path.join(args.out_dir, "bleu.json"), [json.dumps({
         "tokenized_bleu_compound_split": round(tok_bleu.score, 2),
         "sacrebleu": round(detok_bleu.score, 2),
         "sacrebleu_signature": sig,

@@ -82,28 +82,22 @@ def recording_layer_states(
 ) -> Iterator[LayerStates]:
     """Within the block, forwards through these layers fill the yielded LayerStates."""
     states = LayerStates()
+    sides = (  # layers, indices, hidden-state store, (attention module name, layer attribute)
+        (encoder_layers, request.encoder_layers, states.encoder_hidden, (("encoder_self", "self_attn"),)),
+        (decoder_layers, request.decoder_layers, states.decoder_hidden,
+         (("decoder_self", "self_attn"), ("decoder_cross", "encoder_attn"))),
+    )
     handles = []
     try:
-        for index in request.encoder_layers:
-            layer = encoder_layers[index]
-            if request.hidden_states:
-                handles.append(
-                    layer.register_forward_hook(_keep_layer_output(states.encoder_hidden, index))
-                )
-            if "encoder_self" in request.attention_modules:
-                handles += _hook_head_probs(layer.self_attn, states.attention["encoder_self"], index)
-        for index in request.decoder_layers:
-            layer = decoder_layers[index]
-            if request.hidden_states:
-                handles.append(
-                    layer.register_forward_hook(_keep_layer_output(states.decoder_hidden, index))
-                )
-            if "decoder_self" in request.attention_modules:
-                handles += _hook_head_probs(layer.self_attn, states.attention["decoder_self"], index)
-            if "decoder_cross" in request.attention_modules and layer.encoder_attn is not None:
-                handles += _hook_head_probs(
-                    layer.encoder_attn, states.attention["decoder_cross"], index
-                )
+        for layers, indices, hidden, attention_modules in sides:
+            for index in indices:
+                layer = layers[index]
+                if request.hidden_states:
+                    handles.append(layer.register_forward_hook(_keep_layer_output(hidden, index)))
+                for name, attribute in attention_modules:
+                    module = getattr(layer, attribute, None)  # decoders without cross-attention: None
+                    if name in request.attention_modules and module is not None:
+                        handles += _hook_head_probs(module, states.attention[name], index)
         yield states
     finally:
         for handle in handles:
