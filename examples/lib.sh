@@ -86,3 +86,15 @@ run_fairseq_train() {
   [[ -s "$save_dir/checkpoint_last.pt" ]] || die "training wrote no checkpoint (see $save_dir/train.log)"
   echo "checkpoints written to: $save_dir"
 }
+
+# check_user_dir: USER_DIR is empty (stock fairseq) or the plugin package
+check_user_dir() {
+  if [[ -n "${USER_DIR:-}" && ! -f "$USER_DIR/__init__.py" ]]; then
+    die "USER_DIR=$USER_DIR is not the plugin package (no __init__.py); set USER_DIR to .../fairseq_lrdrop, or USER_DIR= for stock fairseq"
+  fi
+}
+
+# check_mode: MODE is one of baseline, rdrop, lrdrop
+check_mode() {
+  case "$MODE" in baseline|rdrop|lrdrop) ;; *) die "unknown MODE='$MODE': use MODE=baseline, MODE=rdrop or MODE=lrdrop" ;; esac
+}

@@ -55,7 +55,7 @@ EXTRA_ARGS=${EXTRA_ARGS:-}
 
 nonneg_int BEAM "$BEAM"; number LENPEN "$LENPEN"; nonneg_int MAX_LEN_B "$MAX_LEN_B"
 nonneg_int MIN_LEN "$MIN_LEN"; nonneg_int NO_REPEAT_NGRAM "$NO_REPEAT_NGRAM"; nonneg_int BATCH_SIZE "$BATCH_SIZE"
-if [[ -n "$USER_DIR" && ! -f "$USER_DIR/__init__.py" ]]; then die "USER_DIR=$USER_DIR is not the plugin package (no __init__.py); set USER_DIR to .../fairseq_lrdrop, or USER_DIR= for stock fairseq"; fi
+check_user_dir
 
 [[ -d "$DATA_BIN" ]] || die "DATA_BIN=$DATA_BIN does not exist: run examples/cnndm/prepare.sh first"
 for f in dict.source.txt dict.target.txt test.source-target.source.idx test.source-target.target.idx; do

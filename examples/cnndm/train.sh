@@ -53,7 +53,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 source "$REPO/examples/lib.sh"
 
 MODE=${MODE:-lrdrop}
-case "$MODE" in baseline|rdrop|lrdrop) ;; *) die "unknown MODE='$MODE': use MODE=baseline, MODE=rdrop or MODE=lrdrop" ;; esac
+check_mode
 ARCH=${ARCH:-lr_drop_bart_large}
 DATA_BIN=${DATA_BIN:-$REPO/data/cnndm/data-bin}
 BART_DIR=${BART_DIR:-$REPO/data/bart.large}
@@ -85,7 +85,7 @@ done
 for v in MAX_UPDATE WARMUP MAX_TOKENS TOKENS_PER_UPDATE LOG_INTERVAL SEED; do nonneg_int "$v" "${!v}"; done
 (( MAX_TOKENS > 0 )) || die "MAX_TOKENS must be > 0"
 if [[ $MODE == lrdrop && -z "$USER_DIR" ]]; then die "MODE=lrdrop needs the plugin: set USER_DIR to the fairseq_lrdrop directory"; fi
-if [[ -n "$USER_DIR" && ! -f "$USER_DIR/__init__.py" ]]; then die "USER_DIR=$USER_DIR is not the plugin package (no __init__.py); set USER_DIR to .../fairseq_lrdrop, or USER_DIR= for stock fairseq"; fi
+check_user_dir
 
 [[ -d "$DATA_BIN" ]] || die "DATA_BIN=$DATA_BIN does not exist: run examples/cnndm/prepare.sh first"
 for f in dict.source.txt dict.target.txt train.source-target.source.idx train.source-target.target.idx valid.source-target.source.idx valid.source-target.target.idx; do

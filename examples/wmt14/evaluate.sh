@@ -66,7 +66,7 @@ EXTRA_ARGS=${EXTRA_ARGS:-}
 
 nonneg_int AVG_LAST "$AVG_LAST"; nonneg_int BEAM "$BEAM"; nonneg_int GEN_MAX_TOKENS "$GEN_MAX_TOKENS"
 number LENPEN "$LENPEN"; number MAX_LEN_A "$MAX_LEN_A"; nonneg_int MAX_LEN_B "$MAX_LEN_B"
-if [[ -n "$USER_DIR" && ! -f "$USER_DIR/__init__.py" ]]; then die "USER_DIR=$USER_DIR is not the plugin package (no __init__.py); set USER_DIR to .../fairseq_lrdrop, or USER_DIR= for stock fairseq"; fi
+check_user_dir
 
 [[ -d "$DATA_BIN" ]] || die "DATA_BIN=$DATA_BIN does not exist: run examples/wmt14/prepare.sh (PAIR=$PAIR) first"
 for f in dict.$SRC.txt dict.$TGT.txt $GEN_SUBSET.$SRC-$TGT.$SRC.idx $GEN_SUBSET.$SRC-$TGT.$TGT.idx; do

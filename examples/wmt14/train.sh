@@ -71,7 +71,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 source "$REPO/examples/lib.sh"
 
 MODE=${MODE:-lrdrop}
-case "$MODE" in baseline|rdrop|lrdrop) ;; *) die "unknown MODE='$MODE': use MODE=baseline, MODE=rdrop or MODE=lrdrop" ;; esac
+check_mode
 PAIR=${PAIR:-en-de}
 case "$PAIR" in en-de|en-fr) SRC=en; TGT=${PAIR#en-} ;; *) die "unknown PAIR='$PAIR': use PAIR=en-de or PAIR=en-fr" ;; esac
 ARCH=${ARCH:-base}
@@ -117,7 +117,7 @@ for v in WARMUP MAX_TOKENS TOKENS_PER_UPDATE MAX_UPDATE SAVE_INTERVAL_UPDATES KE
 done
 (( MAX_TOKENS > 0 )) || die "MAX_TOKENS must be > 0"
 if [[ $MODE == lrdrop && -z "$USER_DIR" ]]; then die "MODE=lrdrop needs the plugin: set USER_DIR to the fairseq_lrdrop directory"; fi
-if [[ -n "$USER_DIR" && ! -f "$USER_DIR/__init__.py" ]]; then die "USER_DIR=$USER_DIR is not the plugin package (no __init__.py); set USER_DIR to .../fairseq_lrdrop, or USER_DIR= for stock fairseq"; fi
+check_user_dir
 
 # data checks (before anything slow)
 [[ -d "$DATA_BIN" ]] || die "DATA_BIN=$DATA_BIN does not exist: run examples/wmt14/prepare.sh (PAIR=$PAIR) first"
