@@ -165,8 +165,9 @@ def time_generation(preset, device, dtype, repeats):
     generators = {name: SequenceGenerator([m.eval()], task.target_dictionary, beam_size=4, max_len_b=20)
                   for name, m in (("lrdrop_arch", model), ("stock_arch", stock))}
     with torch.no_grad():
-        for _ in range(repeats + 1):  # the first round warms up
-            for name, generator in generators.items():
+        for round_ in range(repeats + 1):  # the first round warms up
+            # alternate which architecture goes first, so order effects cancel
+            for name, generator in sorted(generators.items(), reverse=bool(round_ % 2)):
                 sync(device)
                 start = time.perf_counter()
                 out = generator.generate([generator.model.single_model], sample)
@@ -223,7 +224,7 @@ def main():
         median = statistics.median(config.times)
         rows[config.name] = {"step_ms": 1000 * median, "tokens_per_s": config.sample["ntokens"] / median,
                              "peak_mib": peak}
-    generation = time_generation(args.preset, device, dtype, repeats=10)
+    generation = time_generation(args.preset, device, dtype, repeats=30)
 
     ratios = {
         "lrdrop/rdrop step": rows["lrdrop"]["step_ms"] / rows["rdrop"]["step_ms"],

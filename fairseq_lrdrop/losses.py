@@ -20,13 +20,35 @@ def _wide(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def symmetric_kl(log_p: Tensor, log_q: Tensor, dim: int = -1) -> Tensor:
-    """0.5 * (KL(p || q) + KL(q || p)) along `dim`, from log-probabilities.
+class _SymmetricKL(torch.autograd.Function):
+    """Row-wise 0.5 * sum_k (e^a_k - e^b_k) * (a_k - b_k) over the last dimension.
+
+    Autograd of the plain expression keeps four N x V temporaries alive for the backward pass
+    (the output term runs over the whole vocabulary); this keeps only its two inputs and
+    recomputes the rest: d/da = 0.5 * (e^a (a - b) + e^a - e^b), d/db = -0.5 * (e^b (a - b) + e^a - e^b).
+    """
+
+    @staticmethod
+    def forward(ctx, log_p, log_q):
+        ctx.save_for_backward(log_p, log_q)
+        return 0.5 * ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        log_p, log_q = ctx.saved_tensors
+        p, q, diff = log_p.exp(), log_q.exp(), log_p - log_q
+        common = p - q
+        half = 0.5 * grad.unsqueeze(-1)
+        return p.mul_(diff).add_(common).mul_(half), q.mul_(diff).add_(common).mul_(-half)
+
+
+def symmetric_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """0.5 * (KL(p || q) + KL(q || p)) over the last dimension, from log-probabilities.
 
     Uses the identity KL(p||q) + KL(q||p) = sum_k (p_k - q_k) * (log p_k - log q_k),
     which is finite wherever the log-probabilities are.
     """
-    return 0.5 * ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(dim)
+    return _SymmetricKL.apply(log_p, log_q)
 
 
 def output_consistency(lprobs1: Tensor, lprobs2: Tensor, mask: Tensor) -> Tensor:
