@@ -39,6 +39,8 @@ def read_log(path):
         if tag == "summary":
             continue
         record = {k: float(v) for k, v in json.loads(payload).items() if _is_number(v)}
+        if "rdrop_kl_loss" in record:  # fairseq's R-Drop criterion: the same per-token symmetric KL
+            record.setdefault("output_reg", record["rdrop_kl_loss"])
         if tag == "train" and train and record.get("num_updates", 0) <= train[-1].get("num_updates", 0):
             train, valid = [], []  # the log was appended by a fresh run: keep the newest one
         (train if tag == "train" else valid).append(record)
@@ -58,18 +60,19 @@ def _is_number(value):
 def plot_curves(runs, out):
     panels = [*TRAIN_TERMS, "valid_loss"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for name, path in runs:
+    for color, (name, path) in enumerate(runs):
         train, valid = read_log(path)
         for ax, term in zip(axes, panels):
             records, x_key = (valid, "valid_num_updates") if term == "valid_loss" else (train, "num_updates")
             points = [(r[x_key], r[term]) for r in records if term in r and x_key in r]
             if points:
-                ax.plot(*zip(*points), label=name, marker="." if term == "valid_loss" else None)
+                ax.plot(*zip(*points), label=name, color=f"C{color}",
+                        marker="." if term == "valid_loss" else None)
     for ax, term in zip(axes, panels):
         ax.set_title(term + (" (per token, base 2)" if term != "valid_loss" else ""), fontsize=9)
         ax.set_xlabel("updates")
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
