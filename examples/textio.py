@@ -23,3 +23,11 @@ def write_lines(path, lines):
         for line in lines:
             f.write(line + "\n")
     os.replace(tmp, path)
+
+
+def read_hypotheses_and_references(hyp_path, ref_path):
+    """Both files' lines; one-line error when their line counts differ."""
+    hyps, refs = read_lines(hyp_path), read_lines(ref_path)
+    if len(hyps) != len(refs):
+        fail(f"{hyp_path} has {len(hyps)} lines but the reference {ref_path} has {len(refs)}")
+    return hyps, refs

@@ -21,7 +21,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from textio import fail, read_lines, write_lines  # noqa: E402
+from textio import fail, read_hypotheses_and_references, write_lines  # noqa: E402
 
 _SENT = re.compile(r"(?<=[.!?])\s+")
 
@@ -40,9 +40,7 @@ def main(argv=None):
     from nltk.tokenize import TreebankWordTokenizer
     from rouge_score import rouge_scorer
 
-    hyps, refs = read_lines(args.hyp), read_lines(args.ref)
-    if len(hyps) != len(refs):
-        fail(f"{args.hyp} has {len(hyps)} lines but {args.ref} has {len(refs)}")
+    hyps, refs = read_hypotheses_and_references(args.hyp, args.ref)
     if not hyps:
         fail(f"{args.hyp} is empty")
     os.makedirs(args.out_dir, exist_ok=True)

@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from compound_split import compound_split  # noqa: E402
-from textio import fail, read_lines, write_lines  # noqa: E402
+from textio import read_hypotheses_and_references, write_lines  # noqa: E402
 
 
 def main(argv=None):
@@ -34,9 +34,7 @@ def main(argv=None):
     from sacrebleu.metrics import BLEU
     from sacremoses import MosesTokenizer
 
-    hyps, refs = read_lines(args.hyp), read_lines(args.ref)
-    if len(hyps) != len(refs):
-        fail(f"{args.hyp} has {len(hyps)} lines but the reference {args.ref} has {len(refs)}")
+    hyps, refs = read_hypotheses_and_references(args.hyp, args.ref)
     os.makedirs(args.out_dir, exist_ok=True)
 
     tok = MosesTokenizer(lang=args.lang)
