@@ -27,6 +27,9 @@
 #   ENCODER_LAYERS=3 DECODER_LAYERS=3 EMBED_DIM=256 FFN_DIM=1024 HEADS=4 DROPOUT=0.3
 #   MAX_TOKENS=4096 LR=5e-4 WARMUP=4000
 #   BEAM=5                      decoding beam for valid and test scoring
+#   STOP_TIME_HOURS=0           per-run training time cap (0 = off); a run that hits it is
+#                               marked "time cap" (not converged) in results.md
+#   OMP_NUM_THREADS             torch CPU threads per run (e.g. 1 to run two studies side by side)
 #   any other examples/ddtp/train.sh or evaluate.sh knob passes through the environment
 # On a GPU machine the same command runs there (train.sh picks the GPU); raise the model
 # and MAX_EPOCH for a full-scale study.
@@ -61,6 +64,22 @@ text = open(sys.argv[1]).read()
 m = re.search(r"BLEU = ([0-9.]+)", text) or re.search(r"ROUGE-L = ([0-9.]+)", text)
 print(m.group(1))' "$1"; }
 
+# stop_reason TRAIN_OUT -> why fairseq-train stopped: patience (converged), time cap or max epoch
+stop_reason() {
+  if grep -q "early stop since valid performance" "$1"; then echo patience
+  elif grep -q "stop_time_hours" "$1" && grep -q "Stopping training due to" "$1"; then echo "time cap"
+  else echo "max epoch"; fi
+}
+# last_epoch / best_valid_loss TRAIN_LOG (fairseq json log) -> number
+last_epoch() { "$PYTHON" -c '
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{") and "valid_loss" in l]
+print(rows[-1]["epoch"] if rows else 0)' "$1"; }
+best_valid_loss() { "$PYTHON" -c '
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{") and "valid_loss" in l]
+print(min(float(r["valid_loss"]) for r in rows) if rows else "null")' "$1"; }
+
 # run MODE ALPHA BETA GAMMA SEED SUBSET -> trains (unless done) and prints the run directory
 run() {
   local mode=$1 alpha=$2 beta=$3 gamma=$4 seed=$5 subset=$6
@@ -80,8 +99,10 @@ run() {
       || { tail -n 20 "$dir.eval-$subset.out" >&2; echo "error: evaluating $tag failed" >&2; exit 1; }
     local sc
     sc=$(score "$dir/eval-$subset-checkpoint_best/score.txt")
-    printf '{"mode": "%s", "weights": [%s, %s, %s], "seed": %s, "subset": "%s", "score": %s, "train_seconds": %s}\n' \
-      "$mode" "$alpha" "$beta" "$gamma" "$seed" "$subset" "$sc" "$(cat "$dir/trained")" > "$dir/result-$subset.json.tmp"
+    printf '{"mode": "%s", "weights": [%s, %s, %s], "seed": %s, "subset": "%s", "score": %s, "train_seconds": %s, "stopped_by": "%s", "epochs": %s, "best_valid_loss": %s}\n' \
+      "$mode" "$alpha" "$beta" "$gamma" "$seed" "$subset" "$sc" "$(cat "$dir/trained")" \
+      "$(stop_reason "$dir.train.out")" "$(last_epoch "$dir/train.log")" "$(best_valid_loss "$dir/train.log")" \
+      > "$dir/result-$subset.json.tmp"
     mv "$dir/result-$subset.json.tmp" "$dir/result-$subset.json"
   fi
   echo "$dir"
@@ -125,14 +146,15 @@ metric = "test sacreBLEU" if task == "translation" else "test ROUGE-L"
 by_mode = {}
 for r in rows:
     by_mode.setdefault(r["mode"], []).append(r)
-lines = [f"| mode | weights (alpha, beta, gamma) | {metric} per seed | mean | train wall (s) per seed |",
-         "|---|---|---|---|---|"]
+lines = [f"| mode | weights (alpha, beta, gamma) | {metric} per seed | mean | train wall (s) per seed | epochs, stopped by |",
+         "|---|---|---|---|---|---|"]
 for mode, rs in by_mode.items():
     weights = "-" if mode == "baseline" else ", ".join(map(str, rs[0]["weights"])) if mode == "lrdrop" else f"gamma {rs[0]['weights'][2]}"
     scores = ", ".join("%.2f" % r["score"] for r in rs)
     walls = ", ".join(str(r["train_seconds"]) for r in rs)
     mean = statistics.mean(r["score"] for r in rs)
-    lines.append(f"| {mode} | {weights} | {scores} | {mean:.2f} | {walls} |")
+    stops = ", ".join(f"{r.get('epochs', '?')} ({r.get('stopped_by', '?')})" for r in rs)
+    lines.append(f"| {mode} | {weights} | {scores} | {mean:.2f} | {walls} | {stops} |")
 open(f"{run_dir}/results.md", "w").write("\n".join(lines) + "\n")
 json.dump(rows, open(f"{run_dir}/results.json", "w"), indent=1)
 print("\n".join(lines))

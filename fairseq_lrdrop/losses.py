@@ -1,9 +1,15 @@
 """The consistency terms of LR-Drop as pure functions: tensors in, scalar tensor out.
 
-Shapes follow fairseq: hidden states are T x B x C, attention probabilities H x B x T x S
-(heads, batch, query positions, key positions), masks are B x T booleans that are True at
-real (non-padding) positions. Every term is a SUM over positions, so its weight keeps its
-meaning when the batch size changes, and is computed in float32 (or float64 for float64 inputs) whatever the input dtype.
+Every tensor comes from ONE forward over the concatenated batch [x; x]: the first half of its
+batch dimension is pass 1, the second half pass 2. Shapes follow fairseq: hidden states are
+T x 2B x C, attention probabilities H x 2B x T x S (heads, batch, query positions, key
+positions), output log-probabilities 2N x V (N = B*T flattened target positions); masks
+describe ONE pass: B x T (or N) booleans, True at real (non-padding) positions.
+
+Every term is a SUM over positions, so its weight keeps its meaning when the batch size
+changes, and is computed in float32 (float64 for float64 inputs) whatever the input dtype.
+The gradients are written straight into one buffer of the doubled tensor's shape: splitting
+[x; x] with autograd would make the backward pass concatenate two half-size gradients.
 Nothing here imports fairseq.
 """
 from typing import Iterable, Tuple
@@ -20,26 +26,38 @@ def _wide(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-class _SymmetricKL(torch.autograd.Function):
-    """Row-wise 0.5 * sum_k (e^a_k - e^b_k) * (a_k - b_k) over the last dimension.
+def split_passes(x: Tensor, dim: int) -> Tuple[Tensor, Tensor]:
+    """The two passes of a tensor computed on [x; x]: views of its halves along `dim`."""
+    first, second = x.chunk(2, dim=dim)
+    return first, second
 
-    Autograd of the plain expression keeps four N x V temporaries alive for the backward pass
-    (the output term runs over the whole vocabulary); this keeps only its two inputs and
-    recomputes the rest: d/da = 0.5 * (e^a (a - b) + e^a - e^b), d/db = -0.5 * (e^b (a - b) + e^a - e^b).
+
+class _SymmetricKL(torch.autograd.Function):
+    """2N x V log-probabilities [log p; log q] -> N values 0.5 * sum_k (p_k - q_k)(log p_k - log q_k).
+
+    Keeps only its input for the backward pass (the output term spans the whole vocabulary)
+    and recomputes the rest: d/dlog p = 0.5 * (p (log p - log q) + p - q),
+    d/dlog q = -0.5 * (q (log p - log q) + p - q), written in place of exp(input).
     """
 
     @staticmethod
-    def forward(ctx, log_p, log_q):
-        ctx.save_for_backward(log_p, log_q)
-        return 0.5 * ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
+    def forward(ctx, lprobs):
+        ctx.save_for_backward(lprobs)
+        p, q = split_passes(lprobs.exp(), 0)
+        log_p, log_q = split_passes(lprobs, 0)
+        return 0.5 * (p - q).mul_(log_p - log_q).sum(-1)
 
     @staticmethod
     def backward(ctx, grad):
-        log_p, log_q = ctx.saved_tensors
-        p, q, diff = log_p.exp(), log_q.exp(), log_p - log_q
-        common = p - q
+        (lprobs,) = ctx.saved_tensors
+        grad_in = lprobs.exp()
+        p, q = split_passes(grad_in, 0)
+        log_p, log_q = split_passes(lprobs, 0)
+        log_ratio, common = log_p - log_q, p - q
         half = 0.5 * grad.unsqueeze(-1)
-        return p.mul_(diff).add_(common).mul_(half), q.mul_(diff).add_(common).mul_(-half)
+        p.mul_(log_ratio).add_(common).mul_(half)
+        q.mul_(log_ratio).add_(common).mul_(-half)
+        return grad_in
 
 
 def symmetric_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
@@ -48,62 +66,114 @@ def symmetric_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
     Uses the identity KL(p||q) + KL(q||p) = sum_k (p_k - q_k) * (log p_k - log q_k),
     which is finite wherever the log-probabilities are.
     """
-    return _SymmetricKL.apply(log_p, log_q)
+    return _SymmetricKL.apply(torch.cat([log_p, log_q]))
 
 
-def output_consistency(lprobs1: Tensor, lprobs2: Tensor, mask: Tensor) -> Tensor:
+def output_consistency(lprobs: Tensor, mask: Tensor) -> Tensor:
     """L_OR, R-Drop's term: sum over target tokens of SKL(P1 || P2).
 
-    lprobs1, lprobs2: N x V log-probabilities of the two passes (N = B*T flattened).
+    lprobs: 2N x V log-probabilities, rows of pass 1 then the same rows of pass 2.
     mask: N, True at real target tokens.
     """
-    kl = symmetric_kl(_wide(lprobs1), _wide(lprobs2))
+    kl = _SymmetricKL.apply(_wide(lprobs))
     return torch.where(mask, kl, 0.0).sum()
 
 
-def hidden_state_distance(states1: Tensor, states2: Tensor, mask: Tensor) -> Tensor:
-    """One layer's hidden-state distance: sum over real positions of the mean squared
-    difference over the model dimension.
+class _SquaredDistance(torch.autograd.Function):
+    """T x 2B x C states [h1, h2] -> T x B mean over C of (h1 - h2)^2, in float32 or wider.
 
-    states1, states2: T x B x C outputs of the same layer in the two passes.
+    The difference is taken in the input dtype (near-equal values subtract exactly) and kept
+    for the backward pass: d/dh1 = 2 (h1 - h2) / C = -d/dh2.
+    """
+
+    @staticmethod
+    def forward(ctx, states):
+        first, second = split_passes(states, 1)
+        diff = _wide(first - second)
+        ctx.save_for_backward(diff)
+        ctx.dtype = states.dtype
+        return diff.pow(2).mean(-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (diff,) = ctx.saved_tensors
+        time, batch, channels = diff.shape
+        grad_in = diff.new_empty((time, 2 * batch, channels), dtype=ctx.dtype)
+        first, second = split_passes(grad_in, 1)
+        torch.mul(diff, grad.unsqueeze(-1) * (2.0 / channels), out=first)
+        torch.neg(first, out=second)
+        return grad_in
+
+
+def hidden_state_distance(states: Tensor, mask: Tensor) -> Tensor:
+    """One layer's hidden-state distance: sum over real positions of the mean squared
+    difference over the model dimension between the two passes.
+
+    states: T x 2B x C output of the layer on [x; x].
     mask: B x T, True at real positions.
     """
-    # Subtract in the input dtype (near-equal values subtract exactly), square in float32.
-    mse = _wide(states1 - states2).pow(2).mean(-1)  # T x B
+    mse = _SquaredDistance.apply(states)  # T x B
     return torch.where(mask.t(), mse, 0.0).sum()
 
 
-def attention_distance(probs1: Tensor, probs2: Tensor, query_mask: Tensor) -> Tensor:
+class _SymmetricKLFromProbs(torch.autograd.Function):
+    """H x 2B x T x S probabilities [p, q] -> H x B x T values
+    0.5 * sum_k (p_k - q_k) * (log p_k - log q_k).
+
+    Attention rows hold many exact zeros (causal and padding masks); going through
+    log-probabilities and back through exp would evaluate exp near float32's underflow, which
+    is about 30x slower than an ordinary exp on CPU. Only logs are taken here, of
+    probabilities clamped at the smallest normal float32 (the clamp is flat below it):
+    d/dp = 0.5 * (log(p/q) + 1 - q/p) where p >= tiny, 0.5 * log(p/q) below; d/dq likewise.
+    """
+
+    @staticmethod
+    def forward(ctx, probs):
+        ctx.save_for_backward(probs)
+        p, q = split_passes(probs, 1)
+        log_ratio = p.clamp_min(_TINY).log_().sub_(q.clamp_min(_TINY).log_())
+        return 0.5 * (p - q).mul_(log_ratio).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (probs,) = ctx.saved_tensors
+        clamped = probs.clamp_min(_TINY)
+        p, q = split_passes(probs, 1)
+        p_clamped, q_clamped = split_passes(clamped, 1)
+        log_ratio = p_clamped.log().sub_(q_clamped.log())
+        half = 0.5 * grad.unsqueeze(-1)
+        grad_in = torch.empty_like(probs)
+        grad_p, grad_q = split_passes(grad_in, 1)
+        torch.div(q, p_clamped, out=grad_p).neg_().add_(1).masked_fill_(p < _TINY, 0.0)
+        torch.div(p, q_clamped, out=grad_q).neg_().add_(1).masked_fill_(q < _TINY, 0.0)
+        grad_p.add_(log_ratio).mul_(half)
+        grad_q.sub_(log_ratio).mul_(half)
+        return grad_in
+
+
+def attention_distance(probs: Tensor, query_mask: Tensor) -> Tensor:
     """One attention module's distance: symmetric KL between the two passes' attention
     distributions (each query row is a distribution over keys), summed over real query
     positions and averaged over heads.
 
-    probs1, probs2: H x B x T x S attention probabilities; padded keys hold probability 0.
+    probs: H x 2B x T x S attention probabilities on [x; x]; padded keys hold probability 0.
     query_mask: B x T, True at real query positions.
     """
-    log_p1 = _wide(probs1).clamp_min(_TINY).log()
-    log_p2 = _wide(probs2).clamp_min(_TINY).log()
-    kl = symmetric_kl(log_p1, log_p2).mean(0)  # B x T, averaged over heads
+    kl = _SymmetricKLFromProbs.apply(_wide(probs)).mean(0)  # B x T, mean over heads
     return torch.where(query_mask, kl, 0.0).sum()
 
 
-def hidden_state_consistency(layers: Iterable[Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
-    """L_HSR = mean over layers l of hidden_state_distance(H1^l, H2^l, mask^l).
+def hidden_state_consistency(layers: Iterable[Tuple[Tensor, Tensor]]) -> Tensor:
+    """L_HSR = mean over layers l of hidden_state_distance(H^l, mask^l).
 
-    layers: (states1 T x B x C, states2 T x B x C, mask B x T) per regularized layer.
+    layers: (states T x 2B x C, mask B x T) per regularized layer.
     """
     return torch.stack([hidden_state_distance(*layer) for layer in layers]).mean()
 
 
-def attention_consistency(modules: Iterable[Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
-    """L_MHAR = mean over attention modules m of attention_distance(A1^m, A2^m, mask^m).
+def attention_consistency(modules: Iterable[Tuple[Tensor, Tensor]]) -> Tensor:
+    """L_MHAR = mean over attention modules m of attention_distance(A^m, mask^m).
 
-    modules: (probs1 H x B x T x S, probs2 H x B x T x S, query_mask B x T) per module.
+    modules: (probs H x 2B x T x S, query_mask B x T) per regularized module.
     """
     return torch.stack([attention_distance(*module) for module in modules]).mean()
-
-
-def split_passes(x: Tensor, dim: int) -> Tuple[Tensor, Tensor]:
-    """Split a tensor computed on the concatenated batch [x; x] into the two passes."""
-    first, second = x.chunk(2, dim=dim)
-    return first, second

@@ -15,6 +15,27 @@ from fairseq_lrdrop.losses import (
     symmetric_kl,
 )
 
+
+# The functions take the doubled tensor of one forward over [x; x]; these take the two passes.
+def output_pair(lp1, lp2, mask):
+    return output_consistency(torch.cat([lp1, lp2]), mask)
+
+
+def hidden_pair(h1, h2, mask):
+    return hidden_state_distance(torch.cat([h1, h2], 1), mask)
+
+
+def attention_pair(a1, a2, mask):
+    return attention_distance(torch.cat([a1, a2], 1), mask)
+
+
+def hidden_layers(layers):
+    return hidden_state_consistency([(torch.cat([a, b], 1), mask) for a, b, mask in layers])
+
+
+def attention_modules(modules):
+    return attention_consistency([(torch.cat([a, b], 1), mask) for a, b, mask in modules])
+
 SETTINGS = settings(max_examples=50, deadline=None)
 SCALES = st.sampled_from([1.0, 30.0, 1e4])  # 1e4: logits whose softmax underflows to exact 0s
 # Values at padded positions: finite, but 1e30 overflows to inf once squared or exponentiated,
@@ -64,7 +85,7 @@ def test_output_consistency_properties(seed, n, vocab, scale, dtype, pad_rows, a
     lp1, lp2 = logits1.log_softmax(-1), logits2.log_softmax(-1)
     mask = _mask(seed, n, all_false_row=all_padding)
 
-    value = _check_pair(lambda a, b: output_consistency(a, b, mask), lp1, lp2)
+    value = _check_pair(lambda a, b: output_pair(a, b, mask), lp1, lp2)
     assert value.dtype == torch.promote_types(dtype, torch.float32)
     if not mask.any():
         assert value.item() == 0.0
@@ -73,7 +94,7 @@ def test_output_consistency_properties(seed, n, vocab, scale, dtype, pad_rows, a
 
     # padding: extra rows with mask False and arbitrary finite (even unnormalized) values
     junk = _randn(seed + 2, 2, pad_rows, vocab, scale=junk_scale, dtype=dtype)
-    padded = output_consistency(torch.cat([lp1, junk[0]]), torch.cat([lp2, junk[1]]),
+    padded = output_pair(torch.cat([lp1, junk[0]]), torch.cat([lp2, junk[1]]),
                                 torch.cat([mask, torch.zeros(pad_rows, dtype=torch.bool)]))
     assert torch.allclose(padded, value, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
 
@@ -99,7 +120,7 @@ def test_hidden_state_distance_properties(seed, t, b, c, scale, dtype, extra_t, 
     h2 = _randn(seed + 1, t, b, c, scale=scale, dtype=dtype).requires_grad_()
     mask = _mask(seed, b, t, all_false_row=all_padding)
 
-    value = _check_pair(lambda x, y: hidden_state_distance(x, y, mask), h1, h2)
+    value = _check_pair(lambda x, y: hidden_pair(x, y, mask), h1, h2)
     value.backward()
     assert torch.isfinite(h1.grad).all() and torch.isfinite(h2.grad).all()
 
@@ -108,15 +129,15 @@ def test_hidden_state_distance_properties(seed, t, b, c, scale, dtype, extra_t, 
     junk[:, :t, :b] = torch.stack([h1.detach(), h2.detach()])
     big_mask = torch.zeros(b + 1, t + extra_t, dtype=torch.bool)
     big_mask[:b, :t] = mask
-    padded = hidden_state_distance(junk[0], junk[1], big_mask)
+    padded = hidden_pair(junk[0], junk[1], big_mask)
     assert torch.allclose(padded, value, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
 
     # L_HSR is the mean over layers, symmetric in the passes too
     layers = [(h1, h2, mask), (h2.detach() * 0.5, h1.detach(), mask)]
     swapped = [(y, x, m) for x, y, m in layers]
-    total = hidden_state_consistency(layers)
-    assert torch.equal(total, hidden_state_consistency(swapped)) and total.item() >= 0
-    assert hidden_state_consistency([(x, x, m) for x, _, m in layers]).item() == 0.0
+    total = hidden_layers(layers)
+    assert torch.equal(total, hidden_layers(swapped)) and total.item() >= 0
+    assert hidden_layers([(x, x, m) for x, _, m in layers]).item() == 0.0
 
 
 # ----- attention -----
@@ -133,7 +154,7 @@ def test_attention_distance_properties(seed, heads, b, t, s, scale, dtype, extra
     a1, a2 = to_probs(scores1), to_probs(scores2)
     query_mask = _mask(seed + 6, b, t, all_false_row=all_padding)
 
-    value = _check_pair(lambda x, y: attention_distance(x, y, query_mask), a1, a2)
+    value = _check_pair(lambda x, y: attention_pair(x, y, query_mask), a1, a2)
     value.backward()
     assert torch.isfinite(scores1.grad).all() and torch.isfinite(scores2.grad).all()
 
@@ -147,15 +168,15 @@ def test_attention_distance_properties(seed, heads, b, t, s, scale, dtype, extra
         return out
     big_mask = torch.zeros(b + 1, t + extra_t, dtype=torch.bool)
     big_mask[:b, :t] = query_mask
-    padded = attention_distance(pad(a1, seed + 2), pad(a2, seed + 3), big_mask)
+    padded = attention_pair(pad(a1, seed + 2), pad(a2, seed + 3), big_mask)
     assert torch.allclose(padded, value, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
 
     # L_MHAR is the mean over modules, symmetric in the passes too
     modules = [(a1.detach(), a2.detach(), query_mask), (a2.detach(), a2.detach().flip(0), query_mask)]
-    total = attention_consistency(modules)
-    assert torch.equal(total, attention_consistency([(y, x, m) for x, y, m in modules]))
+    total = attention_modules(modules)
+    assert torch.equal(total, attention_modules([(y, x, m) for x, y, m in modules]))
     assert torch.isfinite(total) and total.item() >= 0
-    assert attention_consistency([(x, x, m) for x, _, m in modules]).item() == 0.0
+    assert attention_modules([(x, x, m) for x, _, m in modules]).item() == 0.0
 
 
 @SETTINGS
@@ -166,10 +187,10 @@ def test_one_token_sequences(seed, b, c, heads, vocab, scale):
     distribution [1], so the attention term is exactly 0 whatever the scores."""
     one = torch.ones(b, 1, dtype=torch.bool)
     h1, h2 = _randn(seed, 1, b, c, scale=scale), _randn(seed + 1, 1, b, c, scale=scale)
-    assert torch.isfinite(_check_pair(lambda x, y: hidden_state_distance(x, y, one), h1, h2))
+    assert torch.isfinite(_check_pair(lambda x, y: hidden_pair(x, y, one), h1, h2))
     a1 = _attention(seed, heads, b, 1, 1, one, scale, torch.float32)
     a2 = _attention(seed + 1, heads, b, 1, 1, one, scale, torch.float32)
-    assert attention_distance(a1, a2, one).item() == 0.0
+    assert attention_pair(a1, a2, one).item() == 0.0
     lp1 = _randn(seed, b, vocab, scale=scale).log_softmax(-1)
     lp2 = _randn(seed + 1, b, vocab, scale=scale).log_softmax(-1)
-    assert torch.isfinite(_check_pair(lambda x, y: output_consistency(x, y, one[:, 0]), lp1, lp2))
+    assert torch.isfinite(_check_pair(lambda x, y: output_pair(x, y, one[:, 0]), lp1, lp2))

@@ -228,7 +228,7 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
             target_mask = decoder_input.ne(self.padding_idx)  # B x T
         if self.hidden_reg_weight > 0:
             layers = [
-                (*split_passes(state, dim=1), mask)
+                (state, mask)
                 for states, mask in (
                     (layer_states.encoder_hidden, source_mask),
                     (layer_states.decoder_hidden, target_mask),
@@ -241,15 +241,16 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
             query_masks = {"encoder_self": source_mask, "decoder_self": target_mask,
                            "decoder_cross": target_mask}
             modules = [
-                (*split_passes(probs, dim=1), query_masks[name])
+                (probs, query_masks[name])
                 for name in self.attn_reg_modules
                 for probs in layer_states.attention[name].values()
             ]
             if modules:
                 terms["attn_reg"] = attention_consistency(modules)
         if self.output_reg_weight > 0:
-            lprobs1, lprobs2 = split_passes(lprobs, dim=0)
-            terms["output_reg"] = output_consistency(lprobs1, lprobs2, split_passes(target, 0)[0].ne(self.padding_idx))
+            # target is [t; t]: the mask of pass 1 is that of pass 2
+            token_mask = split_passes(target, 0)[0].ne(self.padding_idx)
+            terms["output_reg"] = output_consistency(lprobs, token_mask)
         return terms
 
     @classmethod

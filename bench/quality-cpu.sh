@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The CPU-sized quality study of BENCHMARKS.md: bench/quality.sh for DDTP translation and DDTP
+# summarization side by side, one torch thread each (a 2-core machine runs both at once).
+# Sized to converge (valid loss stops improving) within about an hour per task on one core:
+# short segments, a 2+2-layer d 128 model, a 2k sentencepiece vocabulary.
+#
+# Inputs:  apt access or DDTP_INDEX_DIR (see examples/ddtp/prepare.sh)
+# Outputs: runs/quality-translation/, runs/quality-summarization/ (see bench/quality.sh),
+#          runs/quality-<task>.log (progress of each study)
+#
+# Environment knobs (default):
+#   SEEDS=1                 seeds per mode (e.g. "1 2")
+#   TASKS="translation summarization"
+#   STOP_TIME_HOURS=0.5     per-run training time cap; a run stopped by it is marked
+#                           "time cap" (not converged) in results.md
+#   THREADS=1               torch threads per study
+#   any bench/quality.sh, examples/ddtp/train.sh or prepare.sh knob passes through
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+TASKS="${TASKS:-translation summarization}"
+export SEEDS="${SEEDS:-1}" STOP_TIME_HOURS="${STOP_TIME_HOURS:-0.5}"
+THREADS="${THREADS:-1}"
+export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
+export MODES="${MODES:-lrdrop baseline rdrop}" SWEEP="${SWEEP:-1,1,5}"
+export PATIENCE="${PATIENCE:-3}" MAX_EPOCH="${MAX_EPOCH:-80}"
+export ENCODER_LAYERS="${ENCODER_LAYERS:-2}" DECODER_LAYERS="${DECODER_LAYERS:-2}"
+export EMBED_DIM="${EMBED_DIM:-128}" FFN_DIM="${FFN_DIM:-512}" HEADS="${HEADS:-4}"
+export DROPOUT="${DROPOUT:-0.3}" MAX_TOKENS="${MAX_TOKENS:-2048}" LR="${LR:-2e-3}"
+export WARMUP="${WARMUP:-200}" NUM_WORKERS="${NUM_WORKERS:-0}"
+export SPM_VOCAB="${SPM_VOCAB:-2000}" SUM_SPM_VOCAB="${SUM_SPM_VOCAB:-2000}"
+
+for task in $TASKS; do
+  case "$task" in translation|summarization) ;;
+    *) echo "error: unknown task '$task' in TASKS (translation, summarization)" >&2; exit 1;;
+  esac
+done
+mkdir -p runs
+pids=()
+for task in $TASKS; do
+  case "$task" in
+    translation)
+      TASK=translation DATA_DIR=data/ddtp-quality MAX_WORDS="${MAX_WORDS:-12}" \
+        RUN_DIR=runs/quality-translation bash "$HERE/quality.sh" > runs/quality-translation.log 2>&1 &;;
+    summarization)
+      TASK=summarization DATA_DIR=data/ddtp-quality-sum SUM_MAX_WORDS="${SUM_MAX_WORDS:-30}" \
+        MAX_TRAIN_PAIRS="${MAX_TRAIN_PAIRS:-8000}" RUN_DIR=runs/quality-summarization \
+        bash "$HERE/quality.sh" > runs/quality-summarization.log 2>&1 &;;
+  esac
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+for task in $TASKS; do
+  echo "== $task (runs/quality-$task.log)"
+  cat "runs/quality-$task/results.md" 2>/dev/null || tail -n 5 "runs/quality-$task.log"
+done
+exit $status
