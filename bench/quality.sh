@@ -21,6 +21,8 @@
 #   MODES="baseline rdrop lrdrop"
 #   SEEDS="1 2"
 #   SWEEP="1,1,5 0.5,0.5,5 2,2,5"  LR-Drop alpha,beta,gamma triples tried on valid
+#   WEIGHTS=                    alpha,beta,gamma fixed in advance: no sweep (lets two
+#                               invocations with different MODES share RUN_DIR side by side)
 #   RUN_DIR=runs/quality-$TASK
 #   DATA_DIR=data/ddtp-quality  MAX_WORDS=25 (translation segments, words per side)
 #   PATIENCE=5 MAX_EPOCH=60     stopping rule (validation every epoch)
@@ -52,8 +54,9 @@ case "$TASK" in translation|summarization) ;; *) echo "error: unknown TASK='$TAS
 for mode in $MODES; do
   case "$mode" in baseline|rdrop|lrdrop) ;; *) echo "error: unknown mode '$mode' in MODES (baseline, rdrop, lrdrop)" >&2; exit 1;; esac
 done
-for triple in $SWEEP; do
-  [[ "$triple" =~ ^[0-9.]+,[0-9.]+,[0-9.]+$ ]] || { echo "error: SWEEP entry '$triple' is not alpha,beta,gamma (e.g. 1,1,5)" >&2; exit 1; }
+WEIGHTS="${WEIGHTS:-}"
+for triple in $SWEEP $WEIGHTS; do
+  [[ "$triple" =~ ^[0-9.]+,[0-9.]+,[0-9.]+$ ]] || { echo "error: SWEEP or WEIGHTS entry '$triple' is not alpha,beta,gamma (e.g. 1,1,5)" >&2; exit 1; }
 done
 mkdir -p "$RUN_DIR"
 
@@ -64,10 +67,12 @@ text = open(sys.argv[1]).read()
 m = re.search(r"BLEU = ([0-9.]+)", text) or re.search(r"ROUGE-L = ([0-9.]+)", text)
 print(m.group(1))' "$1"; }
 
-# stop_reason TRAIN_OUT -> why fairseq-train stopped: patience (converged), time cap or max epoch
+# stop_reason TRAIN_OUT -> why fairseq-train stopped: patience (converged), time cap, max update
+# or max epoch
 stop_reason() {
   if grep -q "early stop since valid performance" "$1"; then echo patience
-  elif grep -q "stop_time_hours" "$1" && grep -q "Stopping training due to" "$1"; then echo "time cap"
+  elif grep -q "Stopping training due to cumulative_training_time" "$1"; then echo "time cap"
+  elif grep -q "Stopping training due to num_updates" "$1"; then echo "max update"
   else echo "max epoch"; fi
 }
 # last_epoch / best_valid_loss TRAIN_LOG (fairseq json log) -> number
@@ -113,20 +118,25 @@ TASKS=$TASK bash "$DDTP/prepare.sh" > "$RUN_DIR/prepare.out" 2>&1 \
   || { tail -n 20 "$RUN_DIR/prepare.out" >&2; echo "error: data preparation failed (log: $RUN_DIR/prepare.out)" >&2; exit 1; }
 
 first_seed=${SEEDS%% *}
-best="" best_score=-1
-echo "=== [2/4] LR-Drop weights on the valid split (seed $first_seed)"
-: > "$RUN_DIR/sweep.txt.tmp"
-for triple in $SWEEP; do
-  IFS=, read -r a b g <<< "$triple"
-  dir=$(run lrdrop "$a" "$b" "$g" "$first_seed" valid)
-  sc=$(score "$dir/eval-valid-checkpoint_best/score.txt")
-  echo "alpha=$a beta=$b gamma=$g valid=$sc" | tee -a "$RUN_DIR/sweep.txt.tmp"
-  if "$PYTHON" -c "import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) else 1)" "$sc" "$best_score"; then
-    best=$triple best_score=$sc
-  fi
-done
-echo "chosen: $best (valid $best_score)" | tee -a "$RUN_DIR/sweep.txt.tmp"
-mv "$RUN_DIR/sweep.txt.tmp" "$RUN_DIR/sweep.txt"
+if [[ -n "$WEIGHTS" ]]; then
+  echo "=== [2/4] LR-Drop weights fixed in advance: $WEIGHTS (no sweep)"
+  best=$WEIGHTS
+else
+  best="" best_score=-1
+  echo "=== [2/4] LR-Drop weights on the valid split (seed $first_seed)"
+  : > "$RUN_DIR/sweep.txt.tmp"
+  for triple in $SWEEP; do
+    IFS=, read -r a b g <<< "$triple"
+    dir=$(run lrdrop "$a" "$b" "$g" "$first_seed" valid)
+    sc=$(score "$dir/eval-valid-checkpoint_best/score.txt")
+    echo "alpha=$a beta=$b gamma=$g valid=$sc" | tee -a "$RUN_DIR/sweep.txt.tmp"
+    if "$PYTHON" -c "import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) else 1)" "$sc" "$best_score"; then
+      best=$triple best_score=$sc
+    fi
+  done
+  echo "chosen: $best (valid $best_score)" | tee -a "$RUN_DIR/sweep.txt.tmp"
+  mv "$RUN_DIR/sweep.txt.tmp" "$RUN_DIR/sweep.txt"
+fi
 IFS=, read -r ALPHA BETA GAMMA <<< "$best"
 
 echo "=== [3/4] training every mode x seed"

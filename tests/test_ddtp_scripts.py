@@ -2,6 +2,7 @@
 files (DDTP_INDEX_DIR), train.sh in every MODE for a few updates of a 2-layer tiny model,
 evaluate.sh (BLEU / ROUGE); and the scripts' bad-input errors."""
 import gzip
+import json
 import os
 import random
 import re
@@ -216,3 +217,26 @@ def test_quality_study_script_runs_sweep_and_table(prepared, tmp_path):
     table = (run_dir / "results.md").read_text()
     for mode in ("baseline", "rdrop", "lrdrop"):
         assert re.search(rf"\| {mode} \|.*\| \d+\.\d\d \| \d+\.\d\d \| \d+ \|", table), table
+
+
+def test_quality_study_with_fixed_weights_records_how_runs_stopped(prepared, tmp_path):
+    """WEIGHTS skips the sweep; R-Drop through the plugin criterion (RDROP_IMPL=plugin);
+    results.json says how many epochs each run trained and what stopped it."""
+    work, _ = prepared
+    run_dir = tmp_path / "quality"
+    proc = subprocess.run(
+        ["bash", os.path.join(ROOT, "bench", "quality.sh")], cwd=str(work), capture_output=True, text=True,
+        timeout=600, env=_env(TASK="translation", SEEDS="1", MODES="rdrop", WEIGHTS="1,1,2",
+                              RDROP_IMPL="plugin", RUN_DIR=run_dir, DDTP_INDEX_DIR=work / "idx",
+                              DATA_DIR=work / "data", VALID_SIZE=8, TEST_SIZE=8, SPM_VOCAB=80,
+                              SUM_SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=2, **{**TINY, "MAX_UPDATE": 0}))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "no sweep" in proc.stdout and not (run_dir / "sweep.txt").exists()
+    [row] = json.loads((run_dir / "results.json").read_text())
+    assert row["mode"] == "rdrop" and row["weights"] == [1, 1, 2]
+    assert row["epochs"] == 2 and row["stopped_by"] == "max epoch"
+    assert row["best_valid_loss"] > 0
+    command = (run_dir / "rdrop-2-seed1" / "command.txt").read_text()
+    assert "--criterion lr_drop_label_smoothed_cross_entropy" in command
+    assert "--hidden-reg-weight 0 --attn-reg-weight 0 --output-reg-weight 2" in command
+    assert "| rdrop | gamma 2 |" in (run_dir / "results.md").read_text()
