@@ -41,3 +41,16 @@ def test_curves_from_fairseq_json_logs(tmp_path):
     bad = subprocess.run([sys.executable, REPO / "bench" / "plot.py", "curves", f"x={tmp_path / 'nope.log'}",
                           "--out", png], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.startswith("error: expected NAME=LOG")
+
+
+def test_term_benchmark_times_both_versions_of_every_term(tmp_path):
+    out = tmp_path / "terms.json"
+    proc = subprocess.run([sys.executable, REPO / "bench" / "terms.py", "--shapes", "tiny", "--repeats", "2",
+                           "--json", out], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["ms"]) == {"output", "hidden", "attention"}
+    for row in result["ms"].values():
+        assert row["plain"] > 0 and row["losses.py"] > 0
+        assert row["value_rel_diff"] < 1e-5 and row["grad_max_diff"] < 1e-6
+    assert "attention" in proc.stdout
