@@ -4,34 +4,12 @@ import torch
 import torch.nn.functional as F
 
 from fairseq_lrdrop.losses import (
-    attention_consistency,
     attention_distance,
-    hidden_state_consistency,
     hidden_state_distance,
     output_consistency,
     symmetric_kl,
 )
-
-
-# The functions take the doubled tensor of one forward over [x; x]; these take the two passes.
-def output_pair(lp1, lp2, mask):
-    return output_consistency(torch.cat([lp1, lp2]), mask)
-
-
-def hidden_pair(h1, h2, mask):
-    return hidden_state_distance(torch.cat([h1, h2], 1), mask)
-
-
-def attention_pair(a1, a2, mask):
-    return attention_distance(torch.cat([a1, a2], 1), mask)
-
-
-def hidden_layers(layers):
-    return hidden_state_consistency([(torch.cat([a, b], 1), mask) for a, b, mask in layers])
-
-
-def attention_modules(modules):
-    return attention_consistency([(torch.cat([a, b], 1), mask) for a, b, mask in modules])
+from pairs import attention_modules, attention_pair, hidden_layers, hidden_pair, output_pair
 
 
 def _gen(seed=0):

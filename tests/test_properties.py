@@ -6,35 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairseq_lrdrop.losses import (
-    attention_consistency,
-    attention_distance,
-    hidden_state_consistency,
-    hidden_state_distance,
-    output_consistency,
-    symmetric_kl,
-)
-
-
-# The functions take the doubled tensor of one forward over [x; x]; these take the two passes.
-def output_pair(lp1, lp2, mask):
-    return output_consistency(torch.cat([lp1, lp2]), mask)
-
-
-def hidden_pair(h1, h2, mask):
-    return hidden_state_distance(torch.cat([h1, h2], 1), mask)
-
-
-def attention_pair(a1, a2, mask):
-    return attention_distance(torch.cat([a1, a2], 1), mask)
-
-
-def hidden_layers(layers):
-    return hidden_state_consistency([(torch.cat([a, b], 1), mask) for a, b, mask in layers])
-
-
-def attention_modules(modules):
-    return attention_consistency([(torch.cat([a, b], 1), mask) for a, b, mask in modules])
+from fairseq_lrdrop.losses import symmetric_kl
+from pairs import attention_modules, attention_pair, hidden_layers, hidden_pair, output_pair
 
 SETTINGS = settings(max_examples=50, deadline=None)
 SCALES = st.sampled_from([1.0, 30.0, 1e4])  # 1e4: logits whose softmax underflows to exact 0s
