@@ -16,6 +16,7 @@ from typing import Iterable, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 # log(0) is -inf and 0 * -inf is NaN: clamp probabilities at the smallest normal float32.
 _TINY = torch.finfo(torch.float32).tiny
@@ -48,6 +49,7 @@ class _SymmetricKL(torch.autograd.Function):
         return 0.5 * (p - q).mul_(log_p - log_q).sum(-1)
 
     @staticmethod
+    @once_differentiable  # fairseq needs first derivatives only; a second one is an error, not 0
     def backward(ctx, grad):
         (lprobs,) = ctx.saved_tensors
         grad_in = lprobs.exp()
@@ -95,6 +97,7 @@ class _SquaredDistance(torch.autograd.Function):
         return diff.pow(2).mean(-1)
 
     @staticmethod
+    @once_differentiable  # fairseq needs first derivatives only; a second one is an error, not 0
     def backward(ctx, grad):
         (diff,) = ctx.saved_tensors
         time, batch, channels = diff.shape
@@ -135,6 +138,7 @@ class _SymmetricKLFromProbs(torch.autograd.Function):
         return 0.5 * (p - q).mul_(log_ratio).sum(-1)
 
     @staticmethod
+    @once_differentiable  # fairseq needs first derivatives only; a second one is an error, not 0
     def backward(ctx, grad):
         (probs,) = ctx.saved_tensors
         clamped = probs.clamp_min(_TINY)

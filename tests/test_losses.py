@@ -176,3 +176,12 @@ def test_half_precision_gradients_keep_the_input_dtype(dtype):
     assert torch.equal(first, -second) and first.abs().sum() > 0
     expected = (2 / 8) * (states[:, :2] - states[:, 2:]).float()  # d/dh1 of the mean square
     assert torch.allclose(first.float(), expected, atol=1e-2)
+
+
+def test_second_derivatives_are_refused_not_wrong():
+    """The hand-written backward passes are first-order only: asking for a second derivative
+    raises instead of silently dropping terms."""
+    states = torch.randn(1, 2, 4, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(hidden_state_distance(states, torch.tensor([[True]])), states, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(grad[0, 0, 0], states)
