@@ -42,7 +42,11 @@ def read_log(path):
         if "rdrop_kl_loss" in record:  # fairseq's R-Drop criterion: the same per-token symmetric KL
             record.setdefault("output_reg", record["rdrop_kl_loss"])
         if tag == "train" and train and record.get("num_updates", 0) <= train[-1].get("num_updates", 0):
-            train, valid = [], []  # the log was appended by a fresh run: keep the newest one
+            # appended by a resumed run (or a fresh one): the newer records replace the older
+            # ones from that update on
+            start = record.get("num_updates", 0)
+            train = [r for r in train if r.get("num_updates", 0) < start]
+            valid = [r for r in valid if r.get("valid_num_updates", 0) < start]
         (train if tag == "train" else valid).append(record)
     if not train and not valid:
         sys.exit(f"error: {path} has no train_inner/valid json records; train with --log-format json")

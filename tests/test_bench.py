@@ -54,3 +54,24 @@ def test_term_benchmark_times_both_versions_of_every_term(tmp_path):
         assert row["plain"] > 0 and row["losses.py"] > 0
         assert row["value_rel_diff"] < 1e-5 and row["grad_max_diff"] < 1e-6
     assert "attention" in proc.stdout
+
+
+def test_curves_keep_the_history_of_a_resumed_run(tmp_path):
+    """A resumed run appends to the same --log-file, restarting from its last checkpoint: its
+    records replace the older ones from that update on, the rest of the history stays."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plot", REPO / "bench" / "plot.py")
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    records = [{"loss": "5", "num_updates": "50"}, {"loss": "4", "num_updates": "100"},
+               {"valid_loss": "4.5", "valid_num_updates": "100"}, {"loss": "3.9", "num_updates": "150"},
+               # killed after update 150; resumed from the checkpoint at update 100
+               {"loss": "3.8", "num_updates": "120"}, {"loss": "3.5", "num_updates": "170"},
+               {"valid_loss": "3.7", "valid_num_updates": "170"}]
+    log = tmp_path / "train.log"
+    log.write_text("".join(json.dumps({"epoch": 1, **r}) + "\n" for r in records))
+    train, valid = plot.read_log(log)
+    assert [r["num_updates"] for r in train] == [50, 100, 120, 170]
+    assert [r["loss"] for r in train] == [5, 4, 3.8, 3.5]
+    assert [r["valid_num_updates"] for r in valid] == [100, 170]
