@@ -80,6 +80,16 @@ last_epoch() { "$PYTHON" -c '
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{") and "valid_loss" in l]
 print(rows[-1]["epoch"] if rows else 0)' "$1"; }
+# train_wall_sum TRAIN_LOG -> seconds fairseq spent training, summed over epochs (train_train_wall
+# of each epoch's summary; also right for a run that was interrupted and resumed)
+train_wall_sum() { "$PYTHON" -c '
+import json, sys
+walls = {}
+for line in open(sys.argv[1]):
+    if line.startswith("{") and "train_train_wall" in line:
+        row = json.loads(line)
+        walls[row["epoch"]] = float(row["train_train_wall"])
+print(round(sum(walls.values())))' "$1"; }
 best_valid_loss() { "$PYTHON" -c '
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{") and "valid_loss" in l]
@@ -104,8 +114,8 @@ run() {
       || { tail -n 20 "$dir.eval-$subset.out" >&2; echo "error: evaluating $tag failed" >&2; exit 1; }
     local sc
     sc=$(score "$dir/eval-$subset-checkpoint_best/score.txt")
-    printf '{"mode": "%s", "weights": [%s, %s, %s], "seed": %s, "subset": "%s", "score": %s, "train_seconds": %s, "stopped_by": "%s", "epochs": %s, "best_valid_loss": %s}\n' \
-      "$mode" "$alpha" "$beta" "$gamma" "$seed" "$subset" "$sc" "$(cat "$dir/trained")" \
+    printf '{"mode": "%s", "weights": [%s, %s, %s], "seed": %s, "subset": "%s", "score": %s, "train_seconds": %s, "fairseq_train_wall": %s, "stopped_by": "%s", "epochs": %s, "best_valid_loss": %s}\n' \
+      "$mode" "$alpha" "$beta" "$gamma" "$seed" "$subset" "$sc" "$(cat "$dir/trained")" "$(train_wall_sum "$dir/train.log")" \
       "$(stop_reason "$dir.train.out")" "$(last_epoch "$dir/train.log")" "$(best_valid_loss "$dir/train.log")" \
       > "$dir/result-$subset.json.tmp"
     mv "$dir/result-$subset.json.tmp" "$dir/result-$subset.json"
@@ -156,12 +166,12 @@ metric = "test sacreBLEU" if task == "translation" else "test ROUGE-L"
 by_mode = {}
 for r in rows:
     by_mode.setdefault(r["mode"], []).append(r)
-lines = [f"| mode | weights (alpha, beta, gamma) | {metric} per seed | mean | train wall (s) per seed | epochs, stopped by |",
+lines = [f"| mode | weights (alpha, beta, gamma) | {metric} per seed | mean | training time (s) per seed | epochs, stopped by |",
          "|---|---|---|---|---|---|"]
 for mode, rs in by_mode.items():
     weights = "-" if mode == "baseline" else ", ".join(map(str, rs[0]["weights"])) if mode == "lrdrop" else f"gamma {rs[0]['weights'][2]}"
     scores = ", ".join("%.2f" % r["score"] for r in rs)
-    walls = ", ".join(str(r["train_seconds"]) for r in rs)
+    walls = ", ".join(str(r.get("fairseq_train_wall", r["train_seconds"])) for r in rs)
     mean = statistics.mean(r["score"] for r in rs)
     stops = ", ".join(f"{r.get('epochs', '?')} ({r.get('stopped_by', '?')})" for r in rs)
     lines.append(f"| {mode} | {weights} | {scores} | {mean:.2f} | {walls} | {stops} |")

@@ -235,7 +235,7 @@ def test_quality_study_with_fixed_weights_records_how_runs_stopped(prepared, tmp
     [row] = json.loads((run_dir / "results.json").read_text())
     assert row["mode"] == "rdrop" and row["weights"] == [1, 1, 2]
     assert row["epochs"] == 2 and row["stopped_by"] == "max epoch"
-    assert row["best_valid_loss"] > 0
+    assert row["best_valid_loss"] > 0 and row["fairseq_train_wall"] >= 0
     command = (run_dir / "rdrop-2-seed1" / "command.txt").read_text()
     assert "--criterion lr_drop_label_smoothed_cross_entropy" in command
     assert "--hidden-reg-weight 0 --attn-reg-weight 0 --output-reg-weight 2" in command
