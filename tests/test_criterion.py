@@ -279,3 +279,20 @@ def test_layer_out_of_range_and_stock_model_are_rejected_before_training(data_bi
     model.train()
     _, _, log = criterion(model, batch(task))
     assert float(log["output_reg"]) > 0
+
+
+@pytest.mark.parametrize("arch", ["lr_drop_transformer", "lr_drop_bart_base"])
+def test_recording_layer_states_changes_no_output(data_bin, arch):
+    """In training mode without dropout, the forward that records every layer (explicit
+    attention path, head weights) computes what the stock fused forward computes."""
+    extra = ["--share-all-embeddings"] if "bart" in arch else []
+    task, model, _ = build(data_bin, arch=arch, dropout=0.0, extra=extra)
+    model.train()
+    sample = batch(task, size=4)
+    request = LayerStateRequest(encoder_layers=(0, 1), decoder_layers=(0, 1),
+                                attention_modules=("encoder_self", "decoder_self", "decoder_cross"))
+    plain, _ = model(**sample["net_input"])
+    recorded, extra_out = model(**sample["net_input"], layer_states=request)
+    assert torch.allclose(plain, recorded, atol=1e-5), (plain - recorded).abs().max()
+    # the recorded last decoder layer is what the decoder's inner_states hold
+    assert torch.allclose(extra_out["layer_states"].decoder_hidden[1], extra_out["inner_states"][-1])
