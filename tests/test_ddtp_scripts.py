@@ -240,3 +240,19 @@ def test_quality_study_with_fixed_weights_records_how_runs_stopped(prepared, tmp
     assert "--criterion lr_drop_label_smoothed_cross_entropy" in command
     assert "--hidden-reg-weight 0 --attn-reg-weight 0 --output-reg-weight 2" in command
     assert "| rdrop | gamma 2 |" in (run_dir / "results.md").read_text()
+
+
+def test_cpu_quality_wrapper_runs_a_task_and_prints_its_table(prepared):
+    """bench/quality-cpu.sh passes its CPU settings and the caller's knobs to quality.sh and
+    prints each task's results table."""
+    work, _ = prepared
+    proc = subprocess.run(
+        ["bash", os.path.join(ROOT, "bench", "quality-cpu.sh")], cwd=str(work), capture_output=True, text=True,
+        timeout=600, env=_env(TASKS="translation", MODES="baseline", DDTP_INDEX_DIR=work / "idx",
+                              VALID_SIZE=8, TEST_SIZE=8, SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, **TINY))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "== translation" in proc.stdout and "| baseline | - |" in proc.stdout
+    [row] = json.loads((work / "runs/quality-translation/results.json").read_text())
+    assert row["mode"] == "baseline" and row["stopped_by"] == "max update"
+    command = (work / "runs/quality-translation/baseline-seed1/command.txt").read_text()
+    assert "--patience 3" in command and "--max-epoch 1 " in command  # wrapper default, caller knob
