@@ -75,25 +75,23 @@ stop_reason() {
   elif grep -q "Stopping training due to num_updates" "$1"; then echo "max update"
   else echo "max epoch"; fi
 }
-# last_epoch / best_valid_loss TRAIN_LOG (fairseq json log) -> number
-last_epoch() { "$PYTHON" -c '
+# log_fields TRAIN_LOG (fairseq json log) -> the JSON fields "fairseq_train_wall" (seconds spent
+# training: each epoch's train_train_wall, summed; also right for a run that was interrupted and
+# resumed), "epochs" (the last validated epoch) and "best_valid_loss"
+log_fields() { "$PYTHON" -c '
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{") and "valid_loss" in l]
-print(rows[-1]["epoch"] if rows else 0)' "$1"; }
-# train_wall_sum TRAIN_LOG -> seconds fairseq spent training, summed over epochs (train_train_wall
-# of each epoch's summary; also right for a run that was interrupted and resumed)
-train_wall_sum() { "$PYTHON" -c '
-import json, sys
-walls = {}
+walls, valid = {}, []
 for line in open(sys.argv[1]):
-    if line.startswith("{") and "train_train_wall" in line:
-        row = json.loads(line)
+    if not line.startswith("{\""):  # json records; skips the config dump
+        continue
+    row = json.loads(line)
+    if "train_train_wall" in row:
         walls[row["epoch"]] = float(row["train_train_wall"])
-print(round(sum(walls.values())))' "$1"; }
-best_valid_loss() { "$PYTHON" -c '
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{") and "valid_loss" in l]
-print(min(float(r["valid_loss"]) for r in rows) if rows else "null")' "$1"; }
+    if "valid_loss" in row:
+        valid.append(row)
+print(json.dumps({"fairseq_train_wall": round(sum(walls.values())),
+                  "epochs": valid[-1]["epoch"] if valid else 0,
+                  "best_valid_loss": min(float(r["valid_loss"]) for r in valid) if valid else None})[1:-1])' "$1"; }
 
 # run MODE ALPHA BETA GAMMA SEED SUBSET -> trains (unless done) and prints the run directory
 run() {
@@ -114,10 +112,9 @@ run() {
       || { tail -n 20 "$dir.eval-$subset.out" >&2; echo "error: evaluating $tag failed" >&2; exit 1; }
     local sc
     sc=$(score "$dir/eval-$subset-checkpoint_best/score.txt")
-    printf '{"mode": "%s", "weights": [%s, %s, %s], "seed": %s, "subset": "%s", "score": %s, "train_seconds": %s, "fairseq_train_wall": %s, "stopped_by": "%s", "epochs": %s, "best_valid_loss": %s}\n' \
-      "$mode" "$alpha" "$beta" "$gamma" "$seed" "$subset" "$sc" "$(cat "$dir/trained")" "$(train_wall_sum "$dir/train.log")" \
-      "$(stop_reason "$dir.train.out")" "$(last_epoch "$dir/train.log")" "$(best_valid_loss "$dir/train.log")" \
-      > "$dir/result-$subset.json.tmp"
+    printf '{"mode": "%s", "weights": [%s, %s, %s], "seed": %s, "subset": "%s", "score": %s, "train_seconds": %s, "stopped_by": "%s", %s}\n' \
+      "$mode" "$alpha" "$beta" "$gamma" "$seed" "$subset" "$sc" "$(cat "$dir/trained")" \
+      "$(stop_reason "$dir.train.out")" "$(log_fields "$dir/train.log")" > "$dir/result-$subset.json.tmp"
     mv "$dir/result-$subset.json.tmp" "$dir/result-$subset.json"
   fi
   echo "$dir"
