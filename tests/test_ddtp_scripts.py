@@ -256,3 +256,31 @@ def test_cpu_quality_wrapper_runs_a_task_and_prints_its_table(prepared):
     assert row["mode"] == "baseline" and row["stopped_by"] == "max update"
     command = (work / "runs/quality-translation/baseline-seed1/command.txt").read_text()
     assert "--patience 3" in command and "--max-epoch 1 " in command  # wrapper default, caller knob
+
+
+def test_converged_translation_study_script_runs_every_mode_seed_and_the_valid_choice(prepared):
+    """bench/quality-translation-cpu.sh: two lanes train seed 1 of every mode and triple and
+    seed 2 of baseline and R-Drop; then the valid split picks the triple, LR-Drop seed 2 is
+    trained with it, and the table holds every mode x seed."""
+    work, _ = prepared
+    proc = subprocess.run(
+        ["bash", os.path.join(ROOT, "bench", "quality-translation-cpu.sh")], cwd=str(work),
+        capture_output=True, text=True, timeout=900,
+        env=_env(SWEEP="1,1,2 0.5,0.5,2", DDTP_INDEX_DIR=work / "idx", VALID_SIZE=8, TEST_SIZE=8,
+                 SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, **TINY))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = work / "runs/quality-translation-4k"
+    sweep = (run_dir / "sweep.txt").read_text()
+    assert "alpha=1 beta=1 gamma=2 valid=" in sweep and "alpha=0.5 beta=0.5 gamma=2 valid=" in sweep
+    chosen = sweep.split("chosen: ")[1].split()[0]
+    rows = json.loads((run_dir / "results.json").read_text())
+    assert sorted((r["mode"], r["seed"]) for r in rows) == [
+        (mode, seed) for mode in ("baseline", "lrdrop", "rdrop") for seed in (1, 2)]
+    assert all(r["weights"] == [float(w) if "." in w else int(w) for w in chosen.split(",")]
+               for r in rows if r["mode"] == "lrdrop")
+    for name in ("lrdrop-1-1-2-seed1", "lrdrop-0.5-0.5-2-seed1", "rdrop-2-seed2", "baseline-seed2",
+                 f"lrdrop-{chosen.replace(',', '-')}-seed2"):
+        command = (run_dir / name / "command.txt").read_text()
+        assert "--patience 3" in command and "--max-epoch 1 " in command
+        assert "data/ddtp-quality-4k" in command
+    assert "| lrdrop |" in proc.stdout
