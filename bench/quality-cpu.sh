@@ -18,6 +18,7 @@
 #   RDROP_IMPL=plugin       R-Drop runs with the plugin criterion at alpha = beta = 0 (same loss
 #                           and gradient as fairseq's criterion, faster); fairseq: fairseq's own
 #   THREADS=1               torch threads per study
+#   model and optimizer knobs with their defaults: bench/cpu-model.sh
 #   any bench/quality.sh, examples/ddtp/train.sh or prepare.sh knob passes through
 set -euo pipefail
 
@@ -28,11 +29,8 @@ THREADS="${THREADS:-1}"
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 export MODES="${MODES:-lrdrop baseline rdrop}"
 export PATIENCE="${PATIENCE:-3}" MAX_EPOCH="${MAX_EPOCH:-25}"
-export ENCODER_LAYERS="${ENCODER_LAYERS:-2}" DECODER_LAYERS="${DECODER_LAYERS:-2}"
-export EMBED_DIM="${EMBED_DIM:-128}" FFN_DIM="${FFN_DIM:-512}" HEADS="${HEADS:-4}"
-export DROPOUT="${DROPOUT:-0.3}" MAX_TOKENS="${MAX_TOKENS:-2048}" LR="${LR:-2e-3}"
-export WARMUP="${WARMUP:-200}" NUM_WORKERS="${NUM_WORKERS:-0}"
-export SPM_VOCAB="${SPM_VOCAB:-2000}" SUM_SPM_VOCAB="${SUM_SPM_VOCAB:-2000}"
+# the shared CPU-sized model and optimizer (knobs listed there)
+source "$HERE/cpu-model.sh"
 
 for task in $TASKS; do
   case "$task" in translation|summarization) ;;

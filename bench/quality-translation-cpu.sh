@@ -16,6 +16,7 @@
 #   SWEEP="1,1,5 0.1,0.1,5"  LR-Drop alpha,beta,gamma triples compared on valid (seed 1)
 #   PATIENCE=3 MAX_EPOCH=200 STOP_TIME_HOURS=1   stopping rule and per-run time cap
 #   THREADS=1               torch threads per run
+#   model and optimizer knobs with their defaults: bench/cpu-model.sh
 #   any bench/quality.sh, examples/ddtp/train.sh or prepare.sh knob passes through, except
 #   MODES, SEEDS and WEIGHTS, which this script sets (seeds 1 and 2, every mode)
 set -euo pipefail
@@ -29,10 +30,8 @@ SWEEP="${SWEEP:-1,1,5 0.1,0.1,5}"
 THREADS="${THREADS:-1}"
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 export PATIENCE="${PATIENCE:-3}" MAX_EPOCH="${MAX_EPOCH:-200}" STOP_TIME_HOURS="${STOP_TIME_HOURS:-1}"
-export ENCODER_LAYERS="${ENCODER_LAYERS:-2}" DECODER_LAYERS="${DECODER_LAYERS:-2}"
-export EMBED_DIM="${EMBED_DIM:-128}" FFN_DIM="${FFN_DIM:-512}" HEADS="${HEADS:-4}"
-export DROPOUT="${DROPOUT:-0.3}" MAX_TOKENS="${MAX_TOKENS:-2048}" LR="${LR:-2e-3}"
-export WARMUP="${WARMUP:-200}" NUM_WORKERS="${NUM_WORKERS:-0}" SPM_VOCAB="${SPM_VOCAB:-2000}"
+# the shared CPU-sized model and optimizer (knobs listed there)
+source "$HERE/cpu-model.sh"
 
 read -r -a triples <<< "$SWEEP"
 [[ ${#triples[@]} -ge 1 ]] || { echo "error: SWEEP is empty (give alpha,beta,gamma triples, e.g. SWEEP=\"1,1,5 0.1,0.1,5\")" >&2; exit 1; }
