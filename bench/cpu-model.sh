@@ -1,4 +1,4 @@
-# Sourced by bench/quality-cpu.sh and bench/quality-translation-cpu.sh: the CPU-sized model and
+# Sourced by bench/quality-cpu.sh and bench/quality-converged-cpu.sh: the CPU-sized model and
 # optimizer of BENCHMARKS.md's quality studies, as defaults the caller's environment overrides.
 # Knobs (default): ENCODER_LAYERS=2 DECODER_LAYERS=2 EMBED_DIM=128 FFN_DIM=512 HEADS=4
 #   DROPOUT=0.3 MAX_TOKENS=2048 LR=2e-3 WARMUP=200 NUM_WORKERS=0 SPM_VOCAB=2000 SUM_SPM_VOCAB=2000

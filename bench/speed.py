@@ -189,6 +189,8 @@ def main():
     parser.add_argument("--bf16", action="store_true", help="run the model in bfloat16")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--configs", default=",".join(CRITERIA),
+                        help="comma-separated subset of " + ",".join(CRITERIA) + " (ratios need both sides)")
     parser.add_argument("--json", default=None, help="write results here")
     parser.add_argument("--memory-of", choices=sorted(CRITERIA), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -200,7 +202,12 @@ def main():
     if args.memory_of:
         return measure_own_memory(args.memory_of, args.preset, dtype, steps)
 
-    configs = [Config(name, args.preset, device, dtype) for name in CRITERIA]
+    names = [name.strip() for name in args.configs.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CRITERIA]
+    if unknown or not names:
+        parser.error(f"--configs: unknown configuration {unknown[0] if unknown else '(none)'}; "
+                     f"choose from {','.join(CRITERIA)}")
+    configs = [Config(name, args.preset, device, dtype) for name in names]
     for _ in range(args.warmup):
         for config in configs:
             config.step()
@@ -226,12 +233,15 @@ def main():
                              "peak_mib": peak}
     generation = time_generation(args.preset, device, dtype, repeats=30)
 
-    ratios = {
-        "lrdrop/rdrop step": rows["lrdrop"]["step_ms"] / rows["rdrop"]["step_ms"],
-        "lrdrop/rdrop memory": rows["lrdrop"]["peak_mib"] / rows["rdrop"]["peak_mib"],
-        "lrdrop/baseline step": rows["lrdrop"]["step_ms"] / rows["baseline"]["step_ms"],
-        "generation speed lrdrop_arch/stock_arch": generation["stock_arch"] / generation["lrdrop_arch"],
-    }
+    ratios = {}
+    for label, (top, bottom, field) in {
+        "lrdrop/rdrop step": ("lrdrop", "rdrop", "step_ms"),
+        "lrdrop/rdrop memory": ("lrdrop", "rdrop", "peak_mib"),
+        "lrdrop/baseline step": ("lrdrop", "baseline", "step_ms"),
+    }.items():
+        if top in rows and bottom in rows:
+            ratios[label] = rows[top][field] / rows[bottom][field]
+    ratios["generation speed lrdrop_arch/stock_arch"] = generation["stock_arch"] / generation["lrdrop_arch"]
     machine = (torch.cuda.get_device_name() if device.type == "cuda"
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     print(f"preset {args.preset}, {device.type} ({machine}), {dtype}, {steps} timed steps per configuration, "

@@ -75,3 +75,38 @@ def test_curves_keep_the_history_of_a_resumed_run(tmp_path):
     assert [r["num_updates"] for r in train] == [50, 100, 120, 170]
     assert [r["loss"] for r in train] == [5, 4, 3.8, 3.5]
     assert [r["valid_num_updates"] for r in valid] == [100, 170]
+
+
+def test_step_profile_lists_what_lrdrop_adds_over_two_baseline_steps(tmp_path):
+    out = tmp_path / "profile.json"
+    proc = subprocess.run([sys.executable, REPO / "bench" / "profile_step.py", "--preset", "tiny", "--warmup", "1",
+                           "--threads", "1", "--json", out], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {row["op"]: row for row in result["rows"]}
+    for row in rows.values():
+        assert row["excess_ms"] == row["lrdrop_ms"] - 2 * row["baseline_ms"]
+    # the consistency terms run only in LR-Drop's step; the model's matmuls in both
+    for op in ("_SymmetricKL", "_SymmetricKLFromProbs", "_SquaredDistance"):
+        assert rows[op]["lrdrop_calls"] >= 1 and rows[op]["baseline_calls"] == 0
+    assert rows["aten::mm"]["baseline_calls"] >= 1 and rows["aten::mm"]["lrdrop_calls"] >= 1
+    excess = [row["excess_ms"] for row in result["rows"]]
+    assert excess == sorted(excess, reverse=True)
+    assert result["median_step_s"]["baseline"] > 0 and result["median_step_s"]["lrdrop"] > 0
+    assert "excess ms" in proc.stdout
+
+
+def test_speed_benchmark_runs_a_subset_of_configurations(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = subprocess.run([sys.executable, REPO / "bench" / "speed.py", "--preset", "tiny", "--steps", "2",
+                           "--warmup", "1", "--cpu", "--configs", "baseline,lrdrop", "--json", out],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["rows"]) == {"baseline", "lrdrop"}
+    assert set(result["ratios"]) == {"lrdrop/baseline step", "generation speed lrdrop_arch/stock_arch"}
+    assert result["ratios"]["lrdrop/baseline step"] == (
+        result["rows"]["lrdrop"]["step_ms"] / result["rows"]["baseline"]["step_ms"])
+    bad = subprocess.run([sys.executable, REPO / "bench" / "speed.py", "--configs", "baseline,rdorp"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--configs: unknown configuration rdorp" in bad.stderr

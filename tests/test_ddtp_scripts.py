@@ -259,12 +259,12 @@ def test_cpu_quality_wrapper_runs_a_task_and_prints_its_table(prepared):
 
 
 def test_converged_translation_study_script_runs_every_mode_seed_and_the_valid_choice(prepared):
-    """bench/quality-translation-cpu.sh: two lanes train seed 1 of every mode and triple and
-    seed 2 of baseline and R-Drop; then the valid split picks the triple, LR-Drop seed 2 is
-    trained with it, and the table holds every mode x seed."""
+    """bench/quality-converged-cpu.sh (TASK=translation): two lanes train seed 1 of every mode
+    and triple and seed 2 of baseline and R-Drop; then the valid split picks the triple,
+    LR-Drop seed 2 is trained with it, and the table holds every mode x seed."""
     work, _ = prepared
     proc = subprocess.run(
-        ["bash", os.path.join(ROOT, "bench", "quality-translation-cpu.sh")], cwd=str(work),
+        ["bash", os.path.join(ROOT, "bench", "quality-converged-cpu.sh")], cwd=str(work),
         capture_output=True, text=True, timeout=900,
         env=_env(SWEEP="1,1,2 0.5,0.5,2", DDTP_INDEX_DIR=work / "idx", VALID_SIZE=8, TEST_SIZE=8,
                  SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, **TINY))
@@ -284,3 +284,30 @@ def test_converged_translation_study_script_runs_every_mode_seed_and_the_valid_c
         assert "--patience 3" in command and "--max-epoch 1 " in command
         assert "data/ddtp-quality-4k" in command
     assert "| lrdrop |" in proc.stdout
+
+
+def test_converged_summarization_study_with_one_triple_trains_both_seeds_in_the_lanes(prepared):
+    """bench/quality-converged-cpu.sh, TASK=summarization: its own data and run directories;
+    with a single triple there is nothing to choose, so lane 2 trains LR-Drop seed 2 and the
+    last step only scores valid and writes the table (ROUGE)."""
+    work, _ = prepared
+    proc = subprocess.run(
+        ["bash", os.path.join(ROOT, "bench", "quality-converged-cpu.sh")], cwd=str(work),
+        capture_output=True, text=True, timeout=900,
+        env=_env(TASK="summarization", SWEEP="0.5,0.5,2", DDTP_INDEX_DIR=work / "idx", VALID_SIZE=8,
+                 TEST_SIZE=8, SUM_SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, **TINY))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = work / "runs/quality-summarization-3k"
+    assert "chosen: 0.5,0.5,2" in (run_dir / "sweep.txt").read_text()
+    rows = json.loads((run_dir / "results.json").read_text())
+    assert sorted((r["mode"], r["seed"]) for r in rows) == [
+        (mode, seed) for mode in ("baseline", "lrdrop", "rdrop") for seed in (1, 2)]
+    assert all(0 <= r["score"] <= 100 for r in rows)
+    for name in ("baseline-seed1", "rdrop-2-seed2", "lrdrop-0.5-0.5-2-seed2"):
+        command = (run_dir / name / "command.txt").read_text()
+        assert "data/ddtp-quality-sum-3k" in command and "--patience 3" in command
+    # LR-Drop seed 2 was trained by lane 2 (its log ends after it), not by the last step
+    trained = (run_dir / "lrdrop-0.5-0.5-2-seed2" / "trained").stat().st_mtime
+    assert trained <= (run_dir / "lane2.log").stat().st_mtime
+    assert "ROUGE" in (run_dir / "lrdrop-0.5-0.5-2-seed2" / "eval-test-checkpoint_best" / "score.txt").read_text()
+    assert "| lrdrop | 0.5, 0.5, 2 |" in proc.stdout
