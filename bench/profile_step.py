@@ -5,10 +5,9 @@
 
 Builds the baseline and LR-Drop configurations of bench/speed.py (same model, batch and
 weights), runs WARMUP steps of each, times STEPS more (median wall, no profiler), then profiles
-one step of each. For every operator (and
-input shape with --shapes) it prints the self time in LR-Drop's step minus twice that in the
-baseline's, largest first: two passes make 2x the baseline the floor, so what is left is what
-LR-Drop adds. Self times under the profiler run slower than bench/speed.py's step times;
+one step of each. For every operator (and input shape with --shapes) it prints the self time
+in LR-Drop's step minus twice that in the baseline's, largest first: two passes make 2x the
+baseline the floor, so what is left is what LR-Drop adds. Self times under the profiler run slower than bench/speed.py's step times;
 read the table for where time goes, and bench/speed.py for how much.
 """
 import argparse
@@ -76,7 +75,9 @@ def main():
           f"{lrdrop_wall / baseline_wall:.3f}); profiled step, summed self time: baseline "
           f"{totals['baseline']:.0f} ms, lrdrop {totals['lrdrop']:.0f} ms")
     print(f"{'excess ms':>10} {'baseline ms (calls)':>20} {'lrdrop ms (calls)':>20}  op  [excess = lrdrop - 2 x baseline]")
-    for row in rows[:args.top] + [None] + rows[-5:]:
+    # the largest excesses, then the five most negative (where LR-Drop does less than 2x)
+    shown = rows if len(rows) <= args.top + 5 else rows[:args.top] + [None] + rows[-5:]
+    for row in shown:
         if row is None:
             print(f"{'...':>10}")
             continue
