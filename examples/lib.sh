@@ -87,6 +87,25 @@ run_fairseq_train() {
   echo "checkpoints written to: $save_dir"
 }
 
+# generate_once OUT ERR_LOG CHECKPOINT COMMAND...: run COMMAND (a fairseq-generate line) with
+# stdout to OUT and stderr to ERR_LOG, unless OUT exists, is newer than CHECKPOINT and was
+# made by the very same command line (kept in OUT.cmd): a rerun with other decoding settings
+# (BEAM, LENPEN, lengths, EXTRA_ARGS, ...) generates again. OUT is written atomically.
+generate_once() {
+  local out=$1 err_log=$2 checkpoint=$3 cmd
+  shift 3
+  cmd=$(printf '%q ' "$@")
+  if [[ -s "$out" && "$out" -nt "$checkpoint" && -s "$out.cmd" && "$(cat "$out.cmd")" == "$cmd" ]]; then
+    log "skip: generation (found $out, newer than $checkpoint, same command line)"
+    return 0
+  fi
+  rm -f "$out.cmd"
+  "$@" > "$out.tmp.$$" 2> "$err_log" ||
+    { tail -n 20 "$err_log" >&2; rm -f "$out.tmp.$$"; die "fairseq-generate failed (log: $err_log)"; }
+  mv -f "$out.tmp.$$" "$out"
+  printf '%s\n' "$cmd" > "$out.cmd"
+}
+
 # check_user_dir: USER_DIR is empty (stock fairseq) or the plugin package
 check_user_dir() {
   if [[ -n "${USER_DIR:-}" && ! -f "$USER_DIR/__init__.py" ]]; then

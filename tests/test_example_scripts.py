@@ -180,6 +180,12 @@ def test_wmt14_pipeline(pipeline_env, tmp_path):
     assert scores["num_sentences"] == len(refs) and "tok:13a" in scores["sacrebleu_signature"]
     r = run(WMT / "evaluate.sh", env, ev)  # rerun: averaging and generation skipped
     assert "skip: averaging" in r.stderr and "skip: generation" in r.stderr
+    # other decoding settings generate again (before: the beam-4 output was rescored)
+    r = run(WMT / "evaluate.sh", env, dict(ev, BEAM="1"))
+    assert "skip: averaging" in r.stderr and "skip: generation" not in r.stderr
+    assert "--beam 1 " in (res / "generate-test.txt.cmd").read_text()
+    r = run(WMT / "evaluate.sh", env, dict(ev, BEAM="1"))
+    assert "skip: generation" in r.stderr
 
 
 def test_cnndm_pipeline(pipeline_env, tmp_path):
@@ -224,6 +230,11 @@ def test_cnndm_pipeline(pipeline_env, tmp_path):
     assert (res / "test.target").read_bytes() == (raw / "test.target").read_bytes()
     assert len((res / "test.hypo").read_text(encoding="utf-8").splitlines()) == 5
     assert set(json.loads((res / "rouge.json").read_text())) >= {"rouge1", "rouge2", "rougeLsum"}
+    r = run(CNNDM / "evaluate.sh", env, ev)
+    assert "skip: generation" in r.stderr
+    r = run(CNNDM / "evaluate.sh", env, dict(ev, NO_REPEAT_NGRAM="2"))  # another setting: generated again
+    assert "skip: generation" not in r.stderr
+    assert "--no-repeat-ngram-size 2 " in (res / "generate-test.txt.cmd").read_text()
 
 
 # ---------------------------------------------------------------------------------------

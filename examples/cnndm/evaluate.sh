@@ -11,13 +11,15 @@
 #
 # Inputs : DATA_BIN (examples/cnndm/prepare.sh: test split, test.raw.target, encoder.json,
 #          vocab.bpe), CHECKPOINT (default SAVE_DIR/checkpoint_best.pt)
-# Outputs: OUT_DIR/generate-test.txt          raw fairseq-generate output
+# Outputs: OUT_DIR/generate-test.txt          raw fairseq-generate output (+ .cmd: its command line)
 #          OUT_DIR/test.hypo                  one summary per line, in test order
 #          OUT_DIR/test.target                reference summaries (raw)
 #          OUT_DIR/test.{hypo,target}.tokenized  PTB-tokenised, lowercased (files2rouge input)
 #          OUT_DIR/rouge.txt, rouge.json
-# Generation is skipped on a rerun when generate-test.txt exists and is newer than the
-# checkpoint (it is written to a temporary file and renamed).
+# Generation is skipped on a rerun when generate-test.txt exists, is newer than the
+# checkpoint and was made by the same fairseq-generate command line (kept in
+# generate-test.txt.cmd): other decoding settings (BEAM, LENPEN, MIN_LEN, MAX_LEN_B,
+# NO_REPEAT_NGRAM, EXTRA_ARGS...) generate again. It is written to a temporary file and renamed.
 #
 # Environment knobs (default):
 #   DATA_BIN=$REPO/data/cnndm/data-bin
@@ -76,20 +78,15 @@ if (( NGPU == 0 )); then DEVICE_ARGS+=(--cpu); elif [[ $FP16 == 1 ]]; then DEVIC
 mapfile -t UD < <(user_dir_args)
 read -r -a EXTRA <<< "$EXTRA_ARGS"  # split on whitespace, no globbing, no quoting
 GEN=$OUT_DIR/generate-test.txt
-if [[ -s "$GEN" && "$GEN" -nt "$CHECKPOINT" ]]; then
-  log "skip: generation (found $GEN, newer than $CHECKPOINT)"
-else
-  log "fairseq-generate $CHECKPOINT on test (beam $BEAM, lenpen $LENPEN, min-len $MIN_LEN, max-len-b $MAX_LEN_B, no-repeat-ngram $NO_REPEAT_NGRAM)"
+log "fairseq-generate $CHECKPOINT on test (beam $BEAM, lenpen $LENPEN, min-len $MIN_LEN, max-len-b $MAX_LEN_B, no-repeat-ngram $NO_REPEAT_NGRAM)"
+generate_once "$GEN" "$OUT_DIR/generate.log" "$CHECKPOINT" \
   "$PYTHON" -m fairseq_cli.generate "$DATA_BIN" "${UD[@]}" --task translation \
-    --source-lang source --target-lang target --truncate-source --gen-subset test \
-    --path "$CHECKPOINT" --beam "$BEAM" --lenpen "$LENPEN" --max-len-a 0 --max-len-b "$MAX_LEN_B" \
-    --min-len "$MIN_LEN" --no-repeat-ngram-size "$NO_REPEAT_NGRAM" \
-    --batch-size "$BATCH_SIZE" --required-batch-size-multiple 1 \
-    --bpe gpt2 --gpt2-encoder-json "$BPE_DIR/encoder.json" --gpt2-vocab-bpe "$BPE_DIR/vocab.bpe" \
-    "${DEVICE_ARGS[@]}" "${EXTRA[@]}" > "$GEN.tmp.$$" 2> "$OUT_DIR/generate.log" ||
-    { tail -n 20 "$OUT_DIR/generate.log" >&2; rm -f "$GEN.tmp.$$"; die "fairseq-generate failed (log: $OUT_DIR/generate.log)"; }
-  mv -f "$GEN.tmp.$$" "$GEN"
-fi
+  --source-lang source --target-lang target --truncate-source --gen-subset test \
+  --path "$CHECKPOINT" --beam "$BEAM" --lenpen "$LENPEN" --max-len-a 0 --max-len-b "$MAX_LEN_B" \
+  --min-len "$MIN_LEN" --no-repeat-ngram-size "$NO_REPEAT_NGRAM" \
+  --batch-size "$BATCH_SIZE" --required-batch-size-multiple 1 \
+  --bpe gpt2 --gpt2-encoder-json "$BPE_DIR/encoder.json" --gpt2-vocab-bpe "$BPE_DIR/vocab.bpe" \
+  "${DEVICE_ARGS[@]}" "${EXTRA[@]}"
 
 # D- lines: detokenised (GPT-2 BPE decoded) hypotheses; put them back in test order
 awk -F'\t' '/^D-[0-9]+\t/ { id = substr($1, 3); print id "\t" $3 }' "$GEN" | sort -n -k1,1 | cut -f2- > "$OUT_DIR/test.hypo.tmp.$$"

@@ -16,13 +16,15 @@
 #      (b) sacreBLEU on the detokenised output with its signature (compare with this one).
 #
 # Inputs : DATA_BIN (examples/wmt14/prepare.sh; needs test.raw.<tgt>), SAVE_DIR (train.sh)
-# Outputs: OUT_DIR/generate-test.txt  raw fairseq-generate output
+# Outputs: OUT_DIR/generate-test.txt  raw fairseq-generate output (+ .cmd: its command line)
 #          OUT_DIR/hyp.spm-decoded     hypotheses in test order (Moses-tokenised, as trained)
 #          OUT_DIR/hyp.detok           detokenised hypotheses (what sacreBLEU scores)
 #          OUT_DIR/{hyp,ref}.tok, {hyp,ref}.atat  tokenised / compound-split text
 #          OUT_DIR/bleu.txt, bleu.json  both scores and the sacreBLEU signature
 #          SAVE_DIR/checkpoint.avg<N>.pt  the averaged model (+ .inputs: the averaged files)
-# Each step is skipped on a rerun when its output exists and is newer than its input.
+# Each step is skipped on a rerun when its output exists and is newer than its input;
+# generation also needs the same command line (kept in generate-<subset>.txt.cmd), so a rerun
+# with other decoding settings (BEAM, LENPEN, MAX_LEN_*, EXTRA_ARGS...) generates again.
 #
 # Environment knobs (default):
 #   PAIR=en-de               en-de | en-fr
@@ -114,18 +116,13 @@ if (( NGPU == 0 )); then DEVICE_ARGS+=(--cpu); elif [[ $FP16 == 1 ]]; then DEVIC
 mapfile -t UD < <(user_dir_args)
 read -r -a EXTRA <<< "$EXTRA_ARGS"  # split on whitespace, no globbing, no quoting
 GEN=$OUT_DIR/generate-$GEN_SUBSET.txt
-if [[ -s "$GEN" && "$GEN" -nt "$CKPT" ]]; then
-  log "skip: generation (found $GEN, newer than $CKPT)"
-else
-  log "fairseq-generate $CKPT on $GEN_SUBSET (beam $BEAM, lenpen $LENPEN)"
+log "fairseq-generate $CKPT on $GEN_SUBSET (beam $BEAM, lenpen $LENPEN)"
+generate_once "$GEN" "$OUT_DIR/generate.log" "$CKPT" \
   "$PYTHON" -m fairseq_cli.generate "$DATA_BIN" "${UD[@]}" --task translation \
-    --source-lang "$SRC" --target-lang "$TGT" --gen-subset "$GEN_SUBSET" --path "$CKPT" \
-    --beam "$BEAM" --lenpen "$LENPEN" --max-len-a "$MAX_LEN_A" --max-len-b "$MAX_LEN_B" \
-    --max-tokens "$GEN_MAX_TOKENS" --required-batch-size-multiple 1 --post-process sentencepiece \
-    "${DEVICE_ARGS[@]}" "${EXTRA[@]}" > "$GEN.tmp.$$" 2> "$OUT_DIR/generate.log" ||
-    { tail -n 20 "$OUT_DIR/generate.log" >&2; rm -f "$GEN.tmp.$$"; die "fairseq-generate failed (log: $OUT_DIR/generate.log)"; }
-  mv -f "$GEN.tmp.$$" "$GEN"
-fi
+  --source-lang "$SRC" --target-lang "$TGT" --gen-subset "$GEN_SUBSET" --path "$CKPT" \
+  --beam "$BEAM" --lenpen "$LENPEN" --max-len-a "$MAX_LEN_A" --max-len-b "$MAX_LEN_B" \
+  --max-tokens "$GEN_MAX_TOKENS" --required-batch-size-multiple 1 --post-process sentencepiece \
+  "${DEVICE_ARGS[@]}" "${EXTRA[@]}"
 
 # ---- 3. hypotheses in test order, detokenised ------------------------------------------
 HYP=$OUT_DIR/hyp.spm-decoded

@@ -71,7 +71,8 @@ def _check_weight(flag: str, value: float) -> float:
 
 
 def _parse_layers(flag: str, spec: str) -> Optional[Tuple[int, ...]]:
-    """'all' -> None (every layer), 'none' or '' -> (), '0,2,5' -> (0, 2, 5)."""
+    """'all' -> None (every layer), 'none' or '' -> (), '0,2,5' -> (0, 2, 5); a layer named
+    twice counts once ('0,0' -> (0,))."""
     spec = spec.strip().lower()
     if spec == "all":
         return None
@@ -83,7 +84,7 @@ def _parse_layers(flag: str, spec: str) -> Optional[Tuple[int, ...]]:
         raise UsageError(f"{flag} takes 'all', 'none' or 0-based layer indices like 0,2,5 (got {spec!r})")
     if any(layer < 0 for layer in layers):
         raise UsageError(f"{flag} takes 0-based layer indices >= 0 (got {spec!r})")
-    return layers
+    return tuple(sorted(set(layers)))
 
 
 def _unwrap(model):
@@ -178,6 +179,14 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
         """
         if not (model.training and self.two_passes):
             return super().forward(model, sample, reduce=reduce)
+        if not reduce:
+            # the hidden-state and attention terms are sums over layers and source positions:
+            # they have no per-target-token share to spread over fairseq's unreduced rows
+            raise UsageError(
+                "lr_drop_label_smoothed_cross_entropy: reduce=False (per-token losses) is not "
+                "available in training with a consistency weight > 0; call it with reduce=True, "
+                "or set the three weights to 0 for stock per-token losses"
+            )
         request = self.layer_state_request(model)
 
         # [x; x] in one forward: two dropout masks, one kernel launch per op. New dicts,
@@ -190,9 +199,7 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
         doubled = {**sample, "target": torch.cat([sample["target"], sample["target"]])}
 
         lprobs, target = self.get_lprobs_and_target(model, net_output, doubled)  # 2N x V, 2N
-        ce_loss, nll_loss = label_smoothed_nll_loss(
-            lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=reduce
-        )
+        ce_loss, nll_loss = label_smoothed_nll_loss(lprobs, target, self.eps, ignore_index=self.padding_idx)
         terms = self.consistency_terms(
             lprobs, target, net_output[1].get("layer_states"), sample["net_input"], sample["target"]
         )

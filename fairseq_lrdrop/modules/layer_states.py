@@ -6,15 +6,18 @@ right after, so parameter names, checkpoints and the inference path stay exactly
 
 Attention: fairseq's layers call MultiheadAttention with need_weights=False, and its fused
 path (F.multi_head_attention_forward) cannot return per-head probabilities. While recording,
-a pre-hook asks for head weights and routes the call to fairseq's explicit path; a forward
-hook keeps the float32 probabilities (H x B x T x S, computed before attention dropout) and
-hands the caller exactly what it asked for.
+a pre-hook routes the call to fairseq's explicit path and stops it at the masked scores; a
+forward hook finishes the attention (softmax, dropout, values, out_proj), keeps the float32
+probabilities (H x B x T x S, before attention dropout) and hands the caller exactly what it
+asked for.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Tuple
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 ATTENTION_MODULES = ("encoder_self", "decoder_self", "decoder_cross")
 
@@ -51,6 +54,29 @@ def _keep_layer_output(store: Dict[int, Tensor], index: int):
     return hook
 
 
+def _finish_attention(module: nn.Module, scores: Tensor, values: Tensor) -> Tuple[Tensor, Tensor]:
+    """The rest of fairseq's explicit attention path from the masked scores on:
+    softmax in float32, attention dropout, the weighted sum of the values, out_proj.
+
+    scores: (B*H) x T x S with -inf at masked keys; values: (B*H) x S x D.
+    Returns the module output (T x B x C) and the probabilities (H x B x T x S, float32, before
+    dropout). A query whose keys are all masked (the leading pads of a left-padded target in
+    decoder self-attention) gets probabilities 0, and so the output out_proj(0), as torch's
+    fused path gives it, instead of softmax's NaN row, which would spread to every position of
+    the next layer through the values.
+    """
+    if values.size(0) != scores.size(0):
+        raise RuntimeError("layer states are recorded for full batches only (no shared encoder states)")
+    all_masked = torch.isneginf(scores).all(dim=-1, keepdim=True)
+    probs = torch.softmax(scores.masked_fill(all_masked, 0.0), dim=-1, dtype=torch.float32)
+    probs = probs.masked_fill(all_masked, 0.0)
+    attended = torch.bmm(module.dropout_module(probs.type_as(scores)), values)
+    batch_heads, tgt_len, _ = attended.shape
+    bsz = batch_heads // module.num_heads
+    out = module.out_proj(attended.transpose(0, 1).reshape(tgt_len, bsz, module.embed_dim))
+    return out, probs.view(bsz, module.num_heads, tgt_len, -1).transpose(0, 1)
+
+
 def _hook_head_probs(attention: nn.Module, store: Dict[int, Tensor], index: int) -> List:
     asked = {}
 
@@ -60,11 +86,12 @@ def _hook_head_probs(attention: nn.Module, store: Dict[int, Tensor], index: int)
         if kwargs.get("incremental_state") is not None:
             raise RuntimeError("layer states are recorded in full-sequence training only")
         # static_kv=True sends the call down fairseq's explicit attention path (the fused one
-        # averages heads); without incremental state it changes nothing else.
-        return args, {**kwargs, "need_head_weights": True, "static_kv": True}
+        # averages heads; without incremental state it changes nothing else), and
+        # before_softmax=True stops it at the masked scores, which _finish_attention takes on.
+        return args, {**kwargs, "static_kv": True, "before_softmax": True}
 
     def after(module, args, kwargs, output):
-        out, head_probs = output
+        out, head_probs = _finish_attention(module, *output)
         store[index] = head_probs
         if asked["head_weights"]:
             return out, head_probs
@@ -74,6 +101,37 @@ def _hook_head_probs(attention: nn.Module, store: Dict[int, Tensor], index: int)
         attention.register_forward_pre_hook(before, with_kwargs=True),
         attention.register_forward_hook(after, with_kwargs=True),
     ]
+
+
+def _checkpointed_recording_forward(layer: nn.Module, attention: List[Tuple[nn.Module, Dict[int, Tensor]]],
+                                    index: int):
+    """A forward for a layer that fairseq wrapped for --checkpoint-activations, used while
+    its attention maps are recorded.
+
+    fairseq's wrapper runs the layer's first forward under no_grad and recomputes it in
+    backward, so maps kept from that forward would carry no gradient. Instead the layer runs
+    in torch's non-reentrant checkpoint: the forward runs with autograd on (the maps are part
+    of the graph), its saved activations are dropped and recomputed in backward from the same
+    RNG state. The attention hooks are registered inside the checkpointed function, so the
+    recomputation takes the same explicit attention path (the same dropout draws) as the
+    forward; only the forward's maps are kept.
+    """
+    runs = []
+
+    def run(*args, **kwargs):
+        stores = [store if not runs else {} for _, store in attention]  # the recomputation's maps are dropped
+        runs.append(True)
+        handles = [h for (module, _), store in zip(attention, stores) for h in _hook_head_probs(module, store, index)]
+        try:
+            return layer.precheckpoint_forward(*args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def forward(*args, **kwargs):
+        return checkpoint(run, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
+
+    return forward
 
 
 @contextmanager
@@ -87,18 +145,28 @@ def recording_layer_states(
         (decoder_layers, request.decoder_layers, states.decoder_hidden,
          (("decoder_self", "self_attn"), ("decoder_cross", "encoder_attn"))),
     )
-    handles = []
+    handles, wrapped = [], []
     try:
         for layers, indices, hidden, attention_modules in sides:
             for index in indices:
                 layer = layers[index]
                 if request.hidden_states:
                     handles.append(layer.register_forward_hook(_keep_layer_output(hidden, index)))
-                for name, attribute in attention_modules:
-                    module = getattr(layer, attribute, None)  # decoders without cross-attention: None
-                    if name in request.attention_modules and module is not None:
-                        handles += _hook_head_probs(module, states.attention[name], index)
+                attention = [
+                    (getattr(layer, attribute), states.attention[name])
+                    for name, attribute in attention_modules
+                    # decoders without cross-attention have encoder_attn None
+                    if name in request.attention_modules and getattr(layer, attribute, None) is not None
+                ]
+                if attention and hasattr(layer, "precheckpoint_forward"):  # --checkpoint-activations
+                    wrapped.append((layer, layer.forward))
+                    layer.forward = _checkpointed_recording_forward(layer, attention, index)
+                else:
+                    for module, store in attention:
+                        handles += _hook_head_probs(module, store, index)
         yield states
     finally:
         for handle in handles:
             handle.remove()
+        for layer, forward in wrapped:
+            layer.forward = forward
