@@ -54,7 +54,7 @@ CRITERIA = {
 }
 
 
-def setup(preset, criterion, device, dtype, arch="lr_drop_transformer_wmt_en_de"):
+def setup(preset, criterion, device, dtype, arch="lr_drop_transformer_wmt_en_de", extra=()):
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
@@ -66,7 +66,7 @@ def setup(preset, criterion, device, dtype, arch="lr_drop_transformer_wmt_en_de"
     args = options.parse_args_and_arch(options.get_training_parser(), [
         str(data), "--user-dir", str(REPO / "fairseq_lrdrop"), "-s", "src", "-t", "tgt",
         "--arch", arch, *model_flags, "--dropout", "0.1", "--attention-dropout", "0.1",
-        "--label-smoothing", "0.1", *CRITERIA[criterion],
+        "--label-smoothing", "0.1", *CRITERIA[criterion], *extra,
     ])
     cfg = convert_namespace_to_omegaconf(args)
     task = tasks.setup_task(cfg.task)
@@ -97,9 +97,9 @@ def synthetic_batch(task, preset, device):
 
 
 class Config:
-    def __init__(self, name, preset, device, dtype):
+    def __init__(self, name, preset, device, dtype, extra=()):
         self.name = name
-        self.task, self.model, self.criterion = setup(preset, name, device, dtype)
+        self.task, self.model, self.criterion = setup(preset, name, device, dtype, extra=extra)
         self.sample = synthetic_batch(self.task, preset, device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-5)
         self.model.train()
@@ -119,19 +119,20 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def cpu_peak_rss_delta(name, preset, dtype, steps=3):
+def cpu_peak_rss_delta(name, preset, dtype, extra, steps=3):
     """Peak RSS growth (MiB) of a fresh process that builds one configuration and runs `steps`
     steps: RSS is per process, so each configuration gets its own (a fork would deadlock
     torch's OpenMP pool)."""
     out = subprocess.run(
         [sys.executable, __file__, "--preset", preset, "--cpu", "--memory-of", name,
-         "--steps", str(steps)] + (["--bf16"] if dtype == torch.bfloat16 else []),
+         "--steps", str(steps)] + (["--bf16"] if dtype == torch.bfloat16 else [])
+        + (["--checkpoint-activations"] if "--checkpoint-activations" in extra else []),
         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_own_memory(name, preset, dtype, steps):
-    config = Config(name, preset, torch.device("cpu"), dtype)
+def measure_own_memory(name, preset, dtype, steps, extra):
+    config = Config(name, preset, torch.device("cpu"), dtype, extra)
     # Reset the kernel's peak-RSS mark (VmHWM), so start-up transients do not count.
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -192,6 +193,9 @@ def main():
     parser.add_argument("--configs", default=",".join(CRITERIA),
                         help="comma-separated subset of " + ",".join(CRITERIA) + " (ratios need both sides)")
     parser.add_argument("--json", default=None, help="write results here")
+    parser.add_argument("--generation-repeats", type=int, default=30, help="timed beam-search rounds")
+    parser.add_argument("--checkpoint-activations", action="store_true",
+                        help="train every configuration with fairseq's --checkpoint-activations")
     parser.add_argument("--memory-of", choices=sorted(CRITERIA), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -199,15 +203,16 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
     steps = args.steps or (20 if device.type == "cpu" else 50)
+    extra = ["--checkpoint-activations"] if args.checkpoint_activations else []
     if args.memory_of:
-        return measure_own_memory(args.memory_of, args.preset, dtype, steps)
+        return measure_own_memory(args.memory_of, args.preset, dtype, steps, extra)
 
     names = [name.strip() for name in args.configs.split(",") if name.strip()]
     unknown = [name for name in names if name not in CRITERIA]
     if unknown or not names:
         parser.error(f"--configs: unknown configuration {unknown[0] if unknown else '(none)'}; "
                      f"choose from {','.join(CRITERIA)}")
-    configs = [Config(name, args.preset, device, dtype) for name in names]
+    configs = [Config(name, args.preset, device, dtype, extra) for name in names]
     for _ in range(args.warmup):
         for config in configs:
             config.step()
@@ -227,11 +232,11 @@ def main():
             sync(device)
             peak = torch.cuda.max_memory_allocated() / 2**20
         else:
-            peak = cpu_peak_rss_delta(config.name, args.preset, dtype)
+            peak = cpu_peak_rss_delta(config.name, args.preset, dtype, extra)
         median = statistics.median(config.times)
         rows[config.name] = {"step_ms": 1000 * median, "tokens_per_s": config.sample["ntokens"] / median,
                              "peak_mib": peak}
-    generation = time_generation(args.preset, device, dtype, repeats=30)
+    generation = time_generation(args.preset, device, dtype, repeats=args.generation_repeats)
 
     ratios = {}
     for label, (top, bottom, field) in {
@@ -244,7 +249,8 @@ def main():
     ratios["generation speed lrdrop_arch/stock_arch"] = generation["stock_arch"] / generation["lrdrop_arch"]
     machine = (torch.cuda.get_device_name() if device.type == "cuda"
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"preset {args.preset}, {device.type} ({machine}), {dtype}, {steps} timed steps per configuration, "
+    print(f"preset {args.preset}{' --checkpoint-activations' if extra else ''}, {device.type} ({machine}), {dtype}, "
+          f"{steps} timed steps per configuration, "
           f"{configs[0].sample['ntokens']} target tokens per batch")
     print(f"{'config':10} {'step ms':>9} {'tokens/s':>10} {'peak MiB':>9}")
     for name, row in rows.items():
@@ -255,7 +261,7 @@ def main():
         print(f"{name:42} {value:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "preset": args.preset, "device": device.type, "machine": machine, "dtype": str(dtype),
+            "preset": args.preset, "checkpoint_activations": bool(extra), "device": device.type, "machine": machine, "dtype": str(dtype),
             "steps": steps, "torch": torch.__version__, "rows": rows, "generation_s": generation,
             "ratios": ratios}, indent=2))
         print(f"wrote {args.json}")

@@ -9,7 +9,8 @@ from conftest import REPO
 def test_speed_benchmark_reports_every_configuration(tmp_path):
     out = tmp_path / "speed.json"
     proc = subprocess.run([sys.executable, REPO / "bench" / "speed.py", "--preset", "tiny", "--steps", "2",
-                           "--warmup", "1", "--cpu", "--json", out], capture_output=True, text=True)
+                           "--warmup", "1", "--cpu", "--generation-repeats", "2", "--json", out],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["rows"]) == {"baseline", "rdrop", "lrdrop"}
@@ -99,10 +100,13 @@ def test_step_profile_lists_what_lrdrop_adds_over_two_baseline_steps(tmp_path):
 def test_speed_benchmark_runs_a_subset_of_configurations(tmp_path):
     out = tmp_path / "speed.json"
     proc = subprocess.run([sys.executable, REPO / "bench" / "speed.py", "--preset", "tiny", "--steps", "2",
-                           "--warmup", "1", "--cpu", "--configs", "baseline,lrdrop", "--json", out],
+                           "--warmup", "1", "--cpu", "--configs", "baseline,lrdrop", "--generation-repeats", "2",
+                           "--checkpoint-activations", "--json", out],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "preset tiny --checkpoint-activations" in proc.stdout
     result = json.loads(out.read_text())
+    assert result["checkpoint_activations"] is True
     assert set(result["rows"]) == {"baseline", "lrdrop"}
     assert set(result["ratios"]) == {"lrdrop/baseline step", "generation speed lrdrop_arch/stock_arch"}
     assert result["ratios"]["lrdrop/baseline step"] == (

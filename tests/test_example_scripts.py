@@ -187,6 +187,20 @@ def test_wmt14_pipeline(pipeline_env, tmp_path):
     r = run(WMT / "evaluate.sh", env, dict(ev, BEAM="1"))
     assert "skip: generation" in r.stderr
 
+    # R-Drop's posted WMT14 recipe: its settings reach fairseq-train, the effective batch is
+    # 8 GPUs x 4096 x 16 on one worker too (the tiny dims of EXTRA_ARGS replace the big model's)
+    paper = tmp_path / "paper"
+    r = run(WMT / "train.sh", env, dict(DATA_BIN=str(data), SAVE_DIR=str(paper), RECIPE="rdrop-paper", MODE="rdrop",
+                                        MAX_UPDATE="1", EXTRA_ARGS=TINY))
+    assert "recipe=rdrop-paper mode=rdrop arch=lr_drop_transformer_vaswani_wmt_en_de_big" in r.stdout
+    assert "1 worker(s) x 4096 tokens x update_freq 128 = 524288 tokens/update" in r.stdout
+    command = (paper / "train.log").read_text().splitlines()[0]
+    for flags in ("--criterion label_smoothed_cross_entropy_with_rdrop --label-smoothing 0.1 --rdrop-alpha 5.0",
+                  "--lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 6000 --warmup-init-lr 1e-07",
+                  "--dropout 0.1 --attention-dropout 0.1 --activation-dropout 0.1",
+                  "--max-tokens 4096 --update-freq 128 --max-update 1", "--adam-betas (0.9, 0.98)"):
+        assert flags in command, (flags, command)
+
 
 def test_cnndm_pipeline(pipeline_env, tmp_path):
     env, cfg = pipeline_env
@@ -265,6 +279,8 @@ def _bad_cases(tmp):
     return [
         # (script, knobs, words the one-line error must contain)
         (WMT / "train.sh", dict(MODE="dropout"), ["MODE", "baseline", "lrdrop"]),
+        (WMT / "train.sh", dict(RECIPE="paper"), ["RECIPE", "rdrop-paper"]),
+        (WMT / "train.sh", dict(RECIPE="rdrop-paper", PAIR="en-fr"), ["RECIPE=rdrop-paper", "PAIR=en-de"]),
         (CNNDM / "train.sh", dict(MODE="x"), ["MODE"]),
         (WMT / "prepare.sh", dict(PAIR="en-xx"), ["PAIR"]),
         (WMT / "prepare.sh", dict(RAW_DIR=str(empty), OUT_DIR=str(tmp / "o1")), ["missing raw file", "europarl"]),

@@ -19,8 +19,21 @@
 # The computed value is printed. R-Drop/LR-Drop run the batch twice (one forward over
 # [x; x]): activation memory doubles. On out-of-memory halve MAX_TOKENS; update_freq doubles
 # and the effective batch stays the same.
-# R-Drop reports 30.91 (En-De) / 43.95 (En-Fr) with a "vanilla Transformer"; to our reading
-# its WMT setup is Transformer-big (ARCH=big) -- check the paper's Sec. 3 before comparing.
+# Recipes (RECIPE=...), and the published numbers each one is for (tokenized BLEU with
+# compound splitting on newstest2014, examples/wmt14/evaluate.sh):
+#   project      (default) ARCH=base: Transformer-base as Vaswani et al. (27.3 En-De); ARCH=big:
+#                Transformer-big with Ott et al.'s batch ("Scaling NMT": 29.3 En-De, 43.2 En-Fr),
+#                shortened to 30,000 updates, dropout 0.3 (En-De) / 0.1 (En-Fr).
+#   rdrop-paper  the WMT14 En-De configuration the R-Drop authors posted (their repository's
+#                issue 19) for R-Drop's 30.91 (En-De): transformer_vaswani_wmt_en_de_big,
+#                lr 1e-3, dropout / attention dropout / activation (relu) dropout 0.1, 4096 tokens
+#                x update-freq 16 per GPU, KL weight 5, 300,000 updates, 6,000 warm-up updates,
+#                inverse_sqrt from 1e-7, Adam (0.9, 0.98), no clipping or weight decay, fp16;
+#                decode with beam 4, lenpen 0.6 (evaluate.sh's defaults). The post does not give
+#                the GPU count; RECIPE_GPUS=8 (the Scaling-NMT setup it follows) sets the effective
+#                batch to 8 x 4096 x 16 = 524,288 tokens per update, kept on any GPU count.
+#                MODE=baseline and MODE=lrdrop run the same setup for the comparison.
+# Every knob below still overrides a recipe's value.
 #
 # GPUs: counted with nvidia-smi -L (honouring CUDA_VISIBLE_DEVICES; NUM_GPUS overrides);
 # fairseq-train uses every visible GPU by itself. No GPU: runs on CPU with --cpu.
@@ -37,6 +50,8 @@
 #          SAVE_DIR/train.log (appended). Rerunning resumes from checkpoint_last.pt.
 #
 # Environment knobs (default):
+#   RECIPE=project       project | rdrop-paper (see above)
+#   RECIPE_GPUS=8        rdrop-paper: GPUs the posted per-GPU batch was meant for
 #   MODE=lrdrop          baseline | rdrop | lrdrop
 #   PAIR=en-de           en-de | en-fr (selects DATA_BIN and the big model's dropout)
 #   ARCH=base            base -> lr_drop_transformer_wmt_en_de,
@@ -47,15 +62,16 @@
 #   SAVE_DIR=$REPO/checkpoints/wmt14_<pair>_<arch>_<mode>
 #   USER_DIR=$REPO/fairseq_lrdrop   plugin dir (--user-dir); empty = stock fairseq only
 #   HIDDEN_REG_WEIGHT=1.0 ATTN_REG_WEIGHT=1.0 OUTPUT_REG_WEIGHT=5.0 LABEL_SMOOTHING=0.1
-#   LR                   base 7e-4, big 1e-3
-#   WARMUP=4000          inverse_sqrt schedule, warmup from 1e-7; Adam (0.9, 0.98)
-#   DROPOUT              base 0.1; big 0.3 (en-de) / 0.1 (en-fr), as Vaswani et al.
+#   LR                   base 7e-4, big 1e-3 (rdrop-paper 1e-3)
+#   WARMUP               4000 (rdrop-paper 6000); inverse_sqrt schedule, warmup from 1e-7; Adam (0.9, 0.98)
+#   DROPOUT              base 0.1; big 0.3 (en-de) / 0.1 (en-fr), as Vaswani et al. (rdrop-paper 0.1)
+#   ATTENTION_DROPOUT ACTIVATION_DROPOUT   the arch's defaults (0 for these archs; rdrop-paper 0.1)
 #   WEIGHT_DECAY=0.0 CLIP_NORM=0.0
-#   MAX_TOKENS           per GPU per step: base 4096, big 3584
-#   TOKENS_PER_UPDATE    base 32768, big 458752
+#   MAX_TOKENS           per GPU per step: base 4096, big 3584 (rdrop-paper 4096)
+#   TOKENS_PER_UPDATE    base 32768, big 458752 (rdrop-paper 4096 x 16 x RECIPE_GPUS)
 #   UPDATE_FREQ          overrides the computed value
 #   MAX_UPDATE           base 100000, big 30000 (project defaults; raise them if the
-#                        validation loss still falls)
+#                        validation loss still falls; rdrop-paper 300000)
 #   SAVE_INTERVAL_UPDATES=1000 KEEP_INTERVAL_UPDATES=20 LOG_INTERVAL=100 SEED=1
 #   FP16=1               --fp16 on GPU (ignored on CPU)
 #   NUM_GPUS             overrides GPU detection (0 = CPU)
@@ -70,11 +86,15 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 source "$REPO/examples/lib.sh"
 
+RECIPE=${RECIPE:-project}
+case "$RECIPE" in project|rdrop-paper) ;; *) die "unknown RECIPE='$RECIPE': use RECIPE=project or RECIPE=rdrop-paper" ;; esac
+RECIPE_GPUS=${RECIPE_GPUS:-8}
+nonneg_int RECIPE_GPUS "$RECIPE_GPUS"; (( RECIPE_GPUS >= 1 )) || die "RECIPE_GPUS must be >= 1"
 MODE=${MODE:-lrdrop}
 check_mode
 PAIR=${PAIR:-en-de}
 case "$PAIR" in en-de|en-fr) SRC=en; TGT=${PAIR#en-} ;; *) die "unknown PAIR='$PAIR': use PAIR=en-de or PAIR=en-fr" ;; esac
-ARCH=${ARCH:-base}
+if [[ $RECIPE == rdrop-paper ]]; then ARCH=${ARCH:-big}; else ARCH=${ARCH:-base}; fi
 case "$ARCH" in
   base) ARCH_NAME=lr_drop_transformer_wmt_en_de; SIZE=base ;;
   big) ARCH_NAME=lr_drop_transformer_vaswani_wmt_en_de_big; SIZE=big ;;
@@ -86,6 +106,12 @@ if [[ $SIZE == big ]]; then
 else
   D_LR=7e-4; D_MAX_TOKENS=4096; D_TPU=32768; D_MAX_UPDATE=100000; D_DROPOUT=0.1
 fi
+D_WARMUP=4000; D_ATTENTION_DROPOUT=; D_ACTIVATION_DROPOUT=
+if [[ $RECIPE == rdrop-paper ]]; then
+  [[ $TGT == de ]] || die "RECIPE=rdrop-paper is the posted En-De setup: use PAIR=en-de"
+  D_LR=1e-3; D_MAX_TOKENS=4096; D_TPU=$(( 4096 * 16 * RECIPE_GPUS )); D_MAX_UPDATE=300000; D_WARMUP=6000
+  D_DROPOUT=0.1; D_ATTENTION_DROPOUT=0.1; D_ACTIVATION_DROPOUT=0.1
+fi
 DATA_BIN=${DATA_BIN:-$REPO/data/wmt14_${SRC}_${TGT}/data-bin}
 SAVE_DIR=${SAVE_DIR:-$REPO/checkpoints/wmt14_${PAIR}_${ARCH}_${MODE}}
 USER_DIR=${USER_DIR-$REPO/fairseq_lrdrop}
@@ -94,8 +120,10 @@ ATTN_REG_WEIGHT=${ATTN_REG_WEIGHT:-1.0}
 OUTPUT_REG_WEIGHT=${OUTPUT_REG_WEIGHT:-5.0}
 LABEL_SMOOTHING=${LABEL_SMOOTHING:-0.1}
 LR=${LR:-$D_LR}
-WARMUP=${WARMUP:-4000}
+WARMUP=${WARMUP:-$D_WARMUP}
 DROPOUT=${DROPOUT:-$D_DROPOUT}
+ATTENTION_DROPOUT=${ATTENTION_DROPOUT:-$D_ATTENTION_DROPOUT}
+ACTIVATION_DROPOUT=${ACTIVATION_DROPOUT:-$D_ACTIVATION_DROPOUT}
 WEIGHT_DECAY=${WEIGHT_DECAY:-0.0}
 CLIP_NORM=${CLIP_NORM:-0.0}
 MAX_TOKENS=${MAX_TOKENS:-$D_MAX_TOKENS}
@@ -112,6 +140,9 @@ EXTRA_ARGS=${EXTRA_ARGS:-}
 for v in HIDDEN_REG_WEIGHT ATTN_REG_WEIGHT OUTPUT_REG_WEIGHT LABEL_SMOOTHING LR DROPOUT WEIGHT_DECAY CLIP_NORM; do
   number "$v" "${!v}"
 done
+DROPOUT_ARGS=(--dropout "$DROPOUT")
+if [[ -n "$ATTENTION_DROPOUT" ]]; then number ATTENTION_DROPOUT "$ATTENTION_DROPOUT"; DROPOUT_ARGS+=(--attention-dropout "$ATTENTION_DROPOUT"); fi
+if [[ -n "$ACTIVATION_DROPOUT" ]]; then number ACTIVATION_DROPOUT "$ACTIVATION_DROPOUT"; DROPOUT_ARGS+=(--activation-dropout "$ACTIVATION_DROPOUT"); fi
 for v in WARMUP MAX_TOKENS TOKENS_PER_UPDATE MAX_UPDATE SAVE_INTERVAL_UPDATES KEEP_INTERVAL_UPDATES LOG_INTERVAL SEED; do
   nonneg_int "$v" "${!v}"
 done
@@ -152,7 +183,7 @@ ARGS=("$DATA_BIN" "${UD[@]}" --task translation --source-lang "$SRC" --target-la
   "${CRIT[@]}"
   --optimizer adam --adam-betas "(0.9, 0.98)" --clip-norm "$CLIP_NORM" --weight-decay "$WEIGHT_DECAY"
   --lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP" --warmup-init-lr 1e-07
-  --dropout "$DROPOUT"
+  "${DROPOUT_ARGS[@]}"
   --max-tokens "$MAX_TOKENS" --update-freq "$UPDATE_FREQ" --max-update "$MAX_UPDATE"
   --save-dir "$SAVE_DIR" --save-interval-updates "$SAVE_INTERVAL_UPDATES"
   --keep-interval-updates "$KEEP_INTERVAL_UPDATES" --no-epoch-checkpoints
@@ -160,7 +191,7 @@ ARGS=("$DATA_BIN" "${UD[@]}" --task translation --source-lang "$SRC" --target-la
   --log-format simple --log-interval "$LOG_INTERVAL" --seed "$SEED"
   "${DEVICE_ARGS[@]}" "${EXTRA[@]}")
 
-echo "mode=$MODE arch=$ARCH_NAME pair=$PAIR device=$DEV"
+echo "recipe=$RECIPE mode=$MODE arch=$ARCH_NAME pair=$PAIR device=$DEV"
 echo "effective batch: $WORLD worker(s) x $MAX_TOKENS tokens x update_freq $UPDATE_FREQ = $(( WORLD * MAX_TOKENS * UPDATE_FREQ )) tokens/update (target TOKENS_PER_UPDATE=$TOKENS_PER_UPDATE)"
 if [[ -s "$SAVE_DIR/checkpoint_last.pt" ]]; then echo "resuming from $SAVE_DIR/checkpoint_last.pt"; fi
 echo "checkpoints: $SAVE_DIR   log: $SAVE_DIR/train.log"

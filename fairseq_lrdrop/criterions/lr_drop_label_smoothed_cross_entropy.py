@@ -94,6 +94,30 @@ def _unwrap(model):
     return model
 
 
+def _check_training_setup(model, two_passes: bool):
+    """Refuse, before the first update, what the criterion cannot train exactly."""
+    if getattr(getattr(_unwrap(model), "decoder", None), "adaptive_softmax", None) is not None:
+        raise UsageError(
+            "--adaptive-softmax-cutoff: fairseq's adaptive softmax trains only with --criterion "
+            "adaptive_loss (its full log-probabilities are computed in place, without gradients), "
+            "and label-smoothed cross-entropy and the output term need the full distribution; "
+            "leave out --adaptive-softmax-cutoff"
+        )
+    while two_passes and model is not None:
+        if type(model).__name__ == "FullyShardedDataParallel":
+            raise UsageError(
+                "--ddp-backend fully_sharded is not supported by lr_drop_label_smoothed_cross_entropy "
+                "with a consistency weight > 0 (fairscale's FSDP with the doubled forward and the "
+                "layer hooks is untested); use --ddp-backend c10d (pytorch_ddp) or legacy_ddp"
+            )
+        model = getattr(model, "module", None)
+
+
+def _has_quant_noise(linear) -> bool:
+    # fairseq's quant_noise() registers this pre-hook, which rewrites the weight in place
+    return any("quant_noise" in getattr(hook, "__qualname__", "") for hook in linear._forward_pre_hooks.values())
+
+
 @register_criterion(
     "lr_drop_label_smoothed_cross_entropy", dataclass=LRDropLabelSmoothedCrossEntropyConfig
 )
@@ -127,6 +151,7 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
         self.encoder_layers = _parse_layers("--reg-encoder-layers", reg_encoder_layers)
         self.decoder_layers = _parse_layers("--reg-decoder-layers", reg_decoder_layers)
         self._request = None  # built and checked against the model on the first forward
+        self._setup_checked = False
 
     @property
     def two_passes(self) -> bool:
@@ -140,6 +165,23 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
         if self._request is None:
             self._request = self._build_request(_unwrap(model))
         return self._request
+
+    def _check_attention_path(self, model, request: LayerStateRequest) -> None:
+        attributes = {"encoder_self": ("encoder", "self_attn"), "decoder_self": ("decoder", "self_attn"),
+                      "decoder_cross": ("decoder", "encoder_attn")}
+        for name in request.attention_modules:
+            side, attribute = attributes[name]
+            indices = request.encoder_layers if side == "encoder" else request.decoder_layers
+            for index in indices:
+                attention = getattr(getattr(model, side).layers[index], attribute, None)
+                if attention is not None and _has_quant_noise(attention.q_proj):
+                    raise UsageError(
+                        "--quant-noise-pq > 0 with --attn-reg-weight > 0: recording attention maps "
+                        "runs fairseq's explicit attention path, which applies quant-noise to the "
+                        "attention projections where stock fairseq's fused path does not, so the "
+                        "model would train differently from stock; use --attn-reg-weight 0 (R-Drop "
+                        "and the hidden-state term keep the stock path) or --quant-noise-pq 0"
+                    )
 
     def _build_request(self, model) -> LayerStateRequest:
         if not getattr(model, "returns_layer_states", False):
@@ -164,12 +206,14 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
                     f"layers (valid: 0..{count - 1})"
                 )
             chosen.append(layers)
-        return LayerStateRequest(
+        request = LayerStateRequest(
             encoder_layers=chosen[0],
             decoder_layers=chosen[1],
             hidden_states=self.hidden_reg_weight > 0,
             attention_modules=self.attn_reg_modules if self.attn_reg_weight > 0 else (),
         )
+        self._check_attention_path(model, request)
+        return request
 
     def forward(self, model, sample, reduce=True):
         """Compute the loss for the given sample.
@@ -177,6 +221,9 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
         Returns (loss, sample_size, logging_output); sample_size counts the target tokens
         (or sentences) of the ORIGINAL batch, as the stock criterion does.
         """
+        if model.training and not self._setup_checked:
+            _check_training_setup(model, self.two_passes)
+            self._setup_checked = True
         if not (model.training and self.two_passes):
             return super().forward(model, sample, reduce=reduce)
         if not reduce:
