@@ -184,6 +184,24 @@ def attention_distance(probs: Tensor, query_mask: Tensor) -> Tensor:
     return torch.where(query_mask, kl, 0.0).sum()
 
 
+def attention_squared_distance(probs: Tensor, query_mask: Tensor) -> Tensor:
+    """One attention module's distance, the squared-error reading: squared Euclidean distance
+    between the two passes' attention rows, sum over keys of (A1 - A2)^2, summed over real
+    query positions and averaged over heads. Padded keys hold 0 in both passes and add
+    nothing, so the value does not depend on how much padding a batch has (a mean over keys
+    would).
+
+    probs: H x 2B x T x S attention probabilities on [x; x].
+    query_mask: B x T, True at real query positions.
+    """
+    first, second = split_passes(_wide(probs), 1)
+    squared = (first - second).pow(2).sum(-1).mean(0)  # B x T, mean over heads
+    return torch.where(query_mask, squared, 0.0).sum()
+
+
+ATTENTION_DISTANCES = {"skl": attention_distance, "mse": attention_squared_distance}
+
+
 def hidden_state_consistency(layers: Iterable[Tuple[Tensor, Tensor]]) -> Tensor:
     """L_HSR = mean over layers l of hidden_state_distance(H^l, mask^l).
 
@@ -192,9 +210,10 @@ def hidden_state_consistency(layers: Iterable[Tuple[Tensor, Tensor]]) -> Tensor:
     return torch.stack([hidden_state_distance(*layer) for layer in layers]).mean()
 
 
-def attention_consistency(modules: Iterable[Tuple[Tensor, Tensor]]) -> Tensor:
-    """L_MHAR = mean over attention modules m of attention_distance(A^m, mask^m).
+def attention_consistency(modules: Iterable[Tuple[Tensor, Tensor]], distance=attention_distance) -> Tensor:
+    """L_MHAR = mean over attention modules m of distance(A^m, mask^m): attention_distance
+    (symmetric KL, the default) or attention_squared_distance.
 
     modules: (probs H x 2B x T x S, query_mask B x T) per regularized module.
     """
-    return torch.stack([attention_distance(*module) for module in modules]).mean()
+    return torch.stack([distance(*module) for module in modules]).mean()

@@ -389,22 +389,90 @@ def _loss_and_gradient(data_bin, arch, extra, seed=7):
     return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-@pytest.mark.parametrize("arch", ["lr_drop_transformer", "lr_drop_bart_base"])
-def test_activation_checkpointing_keeps_the_exact_loss_and_gradient(data_bin, arch):
+@pytest.mark.parametrize("arch, reading", [
+    ("lr_drop_transformer", []), ("lr_drop_bart_base", []),
+    ("lr_drop_transformer", ["--hidden-state-point", "ffn_output", "--attn-distance", "mse"]),
+])
+def test_activation_checkpointing_keeps_the_exact_loss_and_gradient(data_bin, arch, reading):
     """--checkpoint-activations (and --offload-activations) with all three terms on and every
     dropout at 0.1: the same loss and gradient as without. Before: fairseq's wrapper ran the
     first forward under no_grad, so the attention term had a value but no gradient (relative
     gradient difference 0.9% on a 3+3-layer model), and its recomputation took the fused
     attention path. Measured: difference 0.0 (bitwise) for both archs."""
-    loss, gradient = _loss_and_gradient(data_bin, arch, [])
+    loss, gradient = _loss_and_gradient(data_bin, arch, reading)
     for flags in (["--checkpoint-activations"], ["--checkpoint-activations", "--offload-activations"],
                   ["--min-params-to-wrap", "1"]):  # (FSDP wrapping size: no wrapping without FSDP)
-        checkpointed_loss, checkpointed_gradient = _loss_and_gradient(data_bin, arch, flags)
+        checkpointed_loss, checkpointed_gradient = _loss_and_gradient(data_bin, arch, [*reading, *flags])
         relative = ((checkpointed_gradient - gradient).norm() / gradient.norm()).item()
         print(f"{arch} {flags}: loss diff {(checkpointed_loss - loss).abs().item():.3g}, relative gradient diff {relative:.3g}")
         assert torch.allclose(checkpointed_loss, loss, rtol=1e-6)
         assert relative < 1e-6, relative
     # the attention term's gradient is large enough for that bound to see it lost (measured:
     # 0.96% of the gradient's norm for the transformer, 6.6e-5 for BART)
-    _, no_attention = _loss_and_gradient(data_bin, arch, ["--attn-reg-weight", "0"])
+    _, no_attention = _loss_and_gradient(data_bin, arch, [*reading, "--attn-reg-weight", "0"])
     assert ((no_attention - gradient).norm() / gradient.norm()).item() > 1e-5
+
+
+def test_ffn_output_reading_takes_each_feed_forward_block_output(data_bin):
+    """--hidden-state-point ffn_output: L_HSR compares fc2(act(fc1(x))) of every layer (before
+    dropout, residual and layer norm), captured here by independent hooks on fc2."""
+    from fairseq_lrdrop.losses import hidden_state_consistency
+
+    task, model, criterion = build(data_bin, dropout=0.2, extra=["--hidden-state-point", "ffn_output",
+                                                                  "--attn-reg-weight", "0", "--output-reg-weight", "0"])
+    model.train()
+    sample = batch(task, size=4)
+    captured = {}
+    for side in ("encoder", "decoder"):
+        for index in range(2):
+            getattr(model, side).layers[index].fc2.register_forward_hook(
+                lambda module, args, output, key=(side, index): captured.__setitem__(key, output))
+    torch.manual_seed(5)
+    _, _, log = criterion(model, sample)
+    pad = task.source_dictionary.pad()
+    source_mask = sample["net_input"]["src_tokens"].ne(pad)
+    target_mask = sample["net_input"]["prev_output_tokens"].ne(pad)
+    expected = hidden_state_consistency([(captured[("encoder", i)], source_mask) for i in range(2)]
+                                        + [(captured[("decoder", i)], target_mask) for i in range(2)])
+    assert captured[("encoder", 0)].shape[1] == 2 * sample["nsentences"]
+    assert math.isclose(float(log["hidden_reg"]), float(expected), rel_tol=1e-6) and float(expected) > 0
+    # not the layer outputs: the default reading gives another value on the same masks
+    task, model, criterion = build(data_bin, dropout=0.2, extra=["--attn-reg-weight", "0", "--output-reg-weight", "0"])
+    model.train()
+    torch.manual_seed(5)
+    _, _, default_log = criterion(model, sample)
+    assert not math.isclose(float(default_log["hidden_reg"]), float(log["hidden_reg"]), rel_tol=1e-3)
+
+
+def test_attn_distance_mse_reading_matches_its_formula(data_bin):
+    from fairseq_lrdrop.losses import attention_squared_distance
+
+    task, model, criterion = build(data_bin, dropout=0.2, extra=["--attn-distance", "mse", "--hidden-reg-weight", "0",
+                                                                  "--output-reg-weight", "0"])
+    model.train()
+    sample = batch(task, size=4)
+    request = criterion.layer_state_request(model)
+    torch.manual_seed(5)
+    net_input = {k: torch.cat([v, v]) for k, v in sample["net_input"].items()}
+    states = model(**net_input, layer_states=request)[1]["layer_states"]
+    pad = task.source_dictionary.pad()
+    masks = {"encoder_self": sample["net_input"]["src_tokens"].ne(pad),
+             "decoder_self": sample["net_input"]["prev_output_tokens"].ne(pad),
+             "decoder_cross": sample["net_input"]["prev_output_tokens"].ne(pad)}
+    values = [attention_squared_distance(probs, masks[name]) for name, layers in states.attention.items()
+              for probs in layers.values()]
+    assert len(values) == 6
+    torch.manual_seed(5)
+    _, _, log = criterion(model, sample)
+    assert math.isclose(float(log["attn_reg"]), float(torch.stack(values).mean()), rel_tol=1e-6)
+
+
+def test_unknown_reading_is_rejected(data_bin, capsys):
+    for flags in (["--hidden-state-point", "ffn"], ["--attn-distance", "kl"]):
+        with pytest.raises(SystemExit):
+            build(data_bin, extra=flags)
+        assert f"argument {flags[0]}: invalid choice: '{flags[1]}'" in capsys.readouterr().err
+    from fairseq_lrdrop.criterions.lr_drop_label_smoothed_cross_entropy import LRDropLabelSmoothedCrossEntropyCriterion
+    task, _, _ = build(data_bin)
+    with pytest.raises(UsageError, match="--attn-distance: choose from mse|skl"):
+        LRDropLabelSmoothedCrossEntropyCriterion(task, False, 0.1, attn_distance="kl")

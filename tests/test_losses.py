@@ -213,3 +213,22 @@ def test_output_term_in_row_blocks_matches_plain_autograd(monkeypatch):
     a, b = lp.chunk(2)
     (0.5 * ((a.exp() - b.exp()) * (a - b)).sum(-1) * upstream).sum().backward()
     assert torch.allclose(lprobs.grad, lp.grad, atol=1e-12)
+
+
+def test_attention_squared_distance_sums_keys_averages_heads_and_ignores_padding():
+    """--attn-distance mse: sum over keys of (A1 - A2)^2, mean over heads, summed over real
+    queries; padded keys (probability 0 in both passes) and padded queries change nothing."""
+    key_mask = torch.tensor([[True, True, True, False, False], [True] * 5])
+    a1 = _attention(3, 2, 4, 5, key_mask, seed=7)
+    a2 = _attention(3, 2, 4, 5, key_mask, seed=8)
+    query_mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    expected = sum(((a1[:, b, t] - a2[:, b, t]) ** 2).sum(-1).mean()
+                   for b in range(2) for t in range(4) if query_mask[b, t])
+    value = losses.attention_squared_distance(torch.cat([a1, a2], 1), query_mask)
+    assert torch.allclose(value, torch.as_tensor(expected), atol=1e-6) and value > 0
+    pad_keys = lambda a: torch.cat([a, torch.zeros(3, 2, 4, 3)], dim=-1)  # noqa: E731
+    assert torch.allclose(value, losses.attention_squared_distance(torch.cat([pad_keys(a1), pad_keys(a2)], 1),
+                                                                   query_mask), atol=1e-6)
+    assert losses.ATTENTION_DISTANCES == {"skl": losses.attention_distance, "mse": losses.attention_squared_distance}
+    modules = [(torch.cat([a1, a2], 1), query_mask), (torch.cat([a2, a1], 1), query_mask)]
+    assert torch.allclose(losses.attention_consistency(modules, losses.attention_squared_distance), value)

@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 import torch
 from fairseq import utils
 from fairseq.criterions import register_criterion
+from fairseq.dataclass import ChoiceEnum
 from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion,
     LabelSmoothedCrossEntropyCriterionConfig,
@@ -23,12 +24,13 @@ from fairseq.logging import metrics
 
 from fairseq_lrdrop.errors import UsageError
 from fairseq_lrdrop.losses import (
+    ATTENTION_DISTANCES,
     attention_consistency,
     hidden_state_consistency,
     output_consistency,
     split_passes,
 )
-from fairseq_lrdrop.modules.layer_states import ATTENTION_MODULES, LayerStateRequest
+from fairseq_lrdrop.modules.layer_states import ATTENTION_MODULES, HIDDEN_STATE_POINTS, LayerStateRequest
 
 REG_TERMS = ("hidden_reg", "attn_reg", "output_reg")
 
@@ -61,6 +63,17 @@ class LRDropLabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionCo
         default="all",
         metadata={"help": "decoder layers (0-based, comma-separated; 'all' or 'none') "
                   "whose hidden states and attention are regularized"},
+    )
+    hidden_state_point: ChoiceEnum(HIDDEN_STATE_POINTS) = field(
+        default="layer_output",
+        metadata={"help": "the hidden state L_HSR compares: each layer's output (after the "
+                  "residual and layer norm), or its feed-forward block's output fc2(act(fc1(x))) "
+                  "before dropout, residual and layer norm"},
+    )
+    attn_distance: ChoiceEnum(sorted(ATTENTION_DISTANCES)) = field(
+        default="skl",
+        metadata={"help": "distance between the two passes' attention rows in L_MHAR: symmetric "
+                  "KL (skl) or squared error summed over keys (mse)"},
     )
 
 
@@ -135,6 +148,8 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
         attn_reg_modules=",".join(ATTENTION_MODULES),
         reg_encoder_layers="all",
         reg_decoder_layers="all",
+        hidden_state_point="layer_output",
+        attn_distance="skl",
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         self.hidden_reg_weight = _check_weight("--hidden-reg-weight", hidden_reg_weight)
@@ -150,6 +165,12 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
         self.attn_reg_modules = modules
         self.encoder_layers = _parse_layers("--reg-encoder-layers", reg_encoder_layers)
         self.decoder_layers = _parse_layers("--reg-decoder-layers", reg_decoder_layers)
+        if str(hidden_state_point) not in HIDDEN_STATE_POINTS:  # hydra / Python callers, not argparse
+            raise UsageError(f"--hidden-state-point: choose from {'|'.join(HIDDEN_STATE_POINTS)} (got {hidden_state_point!r})")
+        if str(attn_distance) not in ATTENTION_DISTANCES:
+            raise UsageError(f"--attn-distance: choose from {'|'.join(sorted(ATTENTION_DISTANCES))} (got {attn_distance!r})")
+        self.hidden_state_point = str(hidden_state_point)
+        self.attn_distance = ATTENTION_DISTANCES[str(attn_distance)]
         self._request = None  # built and checked against the model on the first forward
         self._setup_checked = False
 
@@ -211,6 +232,7 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
             decoder_layers=chosen[1],
             hidden_states=self.hidden_reg_weight > 0,
             attention_modules=self.attn_reg_modules if self.attn_reg_weight > 0 else (),
+            hidden_state_point=self.hidden_state_point,
         )
         self._check_attention_path(model, request)
         return request
@@ -300,7 +322,7 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
                 for probs in layer_states.attention[name].values()
             ]
             if modules:
-                terms["attn_reg"] = attention_consistency(modules)
+                terms["attn_reg"] = attention_consistency(modules, self.attn_distance)
         if self.output_reg_weight > 0:
             # target is [t; t]: the mask of pass 1 is that of pass 2
             token_mask = split_passes(target, 0)[0].ne(self.padding_idx)

@@ -13,13 +13,17 @@ asked for.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 ATTENTION_MODULES = ("encoder_self", "decoder_self", "decoder_cross")
+# Where a layer's hidden state is taken: the layer's output (after the residual and, for
+# post-norm layers, the layer norm), or its feed-forward block's output fc2(act(fc1(x))),
+# before dropout, the residual and the layer norm.
+HIDDEN_STATE_POINTS = ("layer_output", "ffn_output")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class LayerStateRequest:
     decoder_layers: Tuple[int, ...] = ()
     hidden_states: bool = True
     attention_modules: Tuple[str, ...] = ()  # a subset of ATTENTION_MODULES
+    hidden_state_point: str = "layer_output"  # one of HIDDEN_STATE_POINTS
 
 
 @dataclass
@@ -103,25 +108,23 @@ def _hook_head_probs(attention: nn.Module, store: Dict[int, Tensor], index: int)
     ]
 
 
-def _checkpointed_recording_forward(layer: nn.Module, attention: List[Tuple[nn.Module, Dict[int, Tensor]]],
-                                    index: int):
+def _checkpointed_recording_forward(layer: nn.Module, register_inner: Callable[[bool], List]):
     """A forward for a layer that fairseq wrapped for --checkpoint-activations, used while
-    its attention maps are recorded.
+    states inside it (attention maps, FFN outputs) are recorded.
 
     fairseq's wrapper runs the layer's first forward under no_grad and recomputes it in
-    backward, so maps kept from that forward would carry no gradient. Instead the layer runs
-    in torch's non-reentrant checkpoint: the forward runs with autograd on (the maps are part
+    backward, so states kept from that forward would carry no gradient. Instead the layer runs
+    in torch's non-reentrant checkpoint: the forward runs with autograd on (the states are part
     of the graph), its saved activations are dropped and recomputed in backward from the same
-    RNG state. The attention hooks are registered inside the checkpointed function, so the
-    recomputation takes the same explicit attention path (the same dropout draws) as the
-    forward; only the forward's maps are kept.
+    RNG state. The hooks are registered inside the checkpointed function (register_inner(keep)
+    returns their handles), so the recomputation takes the same explicit attention path (the
+    same dropout draws) as the forward; only the forward's states are kept.
     """
     runs = []
 
     def run(*args, **kwargs):
-        stores = [store if not runs else {} for _, store in attention]  # the recomputation's maps are dropped
+        handles = register_inner(not runs)  # the recomputation's states are dropped
         runs.append(True)
-        handles = [h for (module, _), store in zip(attention, stores) for h in _hook_head_probs(module, store, index)]
         try:
             return layer.precheckpoint_forward(*args, **kwargs)
         finally:
@@ -132,6 +135,25 @@ def _checkpointed_recording_forward(layer: nn.Module, attention: List[Tuple[nn.M
         return checkpoint(run, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
 
     return forward
+
+
+def _inner_hooks(layer: nn.Module, index: int, hidden: Optional[Dict[int, Tensor]],
+                 attention: List[Tuple[nn.Module, Dict[int, Tensor]]]) -> Optional[Callable[[bool], List]]:
+    """register(keep) for the hooks on a layer's submodules (None when there are none): the
+    FFN output (hidden given) and the attention maps; with keep=False they record into
+    throwaway stores."""
+    if hidden is None and not attention:
+        return None
+
+    def register(keep: bool) -> List:
+        handles = []
+        if hidden is not None:
+            handles.append(layer.fc2.register_forward_hook(_keep_layer_output(hidden if keep else {}, index)))
+        for module, store in attention:
+            handles += _hook_head_probs(module, store if keep else {}, index)
+        return handles
+
+    return register
 
 
 @contextmanager
@@ -145,12 +167,13 @@ def recording_layer_states(
         (decoder_layers, request.decoder_layers, states.decoder_hidden,
          (("decoder_self", "self_attn"), ("decoder_cross", "encoder_attn"))),
     )
+    ffn_output = request.hidden_states and request.hidden_state_point == "ffn_output"
     handles, wrapped = [], []
     try:
         for layers, indices, hidden, attention_modules in sides:
             for index in indices:
                 layer = layers[index]
-                if request.hidden_states:
+                if request.hidden_states and not ffn_output:
                     handles.append(layer.register_forward_hook(_keep_layer_output(hidden, index)))
                 attention = [
                     (getattr(layer, attribute), states.attention[name])
@@ -158,12 +181,14 @@ def recording_layer_states(
                     # decoders without cross-attention have encoder_attn None
                     if name in request.attention_modules and getattr(layer, attribute, None) is not None
                 ]
-                if attention and hasattr(layer, "precheckpoint_forward"):  # --checkpoint-activations
+                register = _inner_hooks(layer, index, hidden if ffn_output else None, attention)
+                if register is None:
+                    continue
+                if hasattr(layer, "precheckpoint_forward"):  # --checkpoint-activations
                     wrapped.append((layer, layer.forward))
-                    layer.forward = _checkpointed_recording_forward(layer, attention, index)
+                    layer.forward = _checkpointed_recording_forward(layer, register)
                 else:
-                    for module, store in attention:
-                        handles += _hook_head_probs(module, store, index)
+                    handles += register(True)
         yield states
     finally:
         for handle in handles:
