@@ -9,12 +9,14 @@
 #      the best VALID score is kept (R-Drop uses the same gamma)
 #   3. every MODE x SEED trains until the valid loss stops improving (PATIENCE epochs) or
 #      MAX_EPOCH; each run's wall time is recorded
-#   4. test scores of checkpoint_best.pt -> $RUN_DIR/results.md and results.json
+#   4. test scores of checkpoint_best.pt -> $RUN_DIR/results.md and results.json, with what
+#      bench/diagnose.py measures of each run (length ratio, repetition loops, attention and
+#      output entropy, EOS probability where the reference ends)
 # A rerun skips runs whose results exist (each run writes result.json last).
 #
 # Inputs:  apt access (or DDTP_INDEX_DIR), see examples/ddtp/prepare.sh
 # Outputs: $RUN_DIR/<mode>-<weights>-seed<k>/ (checkpoints, train.log, eval-*/),
-#          $RUN_DIR/sweep.txt, $RUN_DIR/results.md, $RUN_DIR/results.json
+#          <run>/diagnose-<subset>.json, $RUN_DIR/sweep.txt, $RUN_DIR/results.md, results.json
 #
 # Environment knobs (default):
 #   TASK=translation            translation | summarization
@@ -25,6 +27,7 @@
 #                               invocations with different MODES share RUN_DIR side by side)
 #   RUN_DIR=runs/quality-$TASK
 #   DATA_DIR=data/ddtp-quality  MAX_WORDS=25 (translation segments, words per side)
+#   DATA_BIN=$DATA_DIR/bin/translation-en-de or .../summarization (what bench/diagnose.py reads)
 #   PATIENCE=5 MAX_EPOCH=60     stopping rule (validation every epoch)
 #   ENCODER_LAYERS=3 DECODER_LAYERS=3 EMBED_DIM=256 FFN_DIM=1024 HEADS=4 DROPOUT=0.3
 #   MAX_TOKENS=4096 LR=5e-4 WARMUP=4000
@@ -49,6 +52,8 @@ export MAX_WORDS="${MAX_WORDS:-25}"
 export PATIENCE="${PATIENCE:-5}" MAX_EPOCH="${MAX_EPOCH:-60}"
 export BEAM="${BEAM:-5}"
 PYTHON="${PYTHON:-python3}"
+case "$TASK" in translation) BIN_NAME=translation-en-de ;; *) BIN_NAME=summarization ;; esac
+DATA_BIN="${DATA_BIN:-$DATA_DIR/bin/$BIN_NAME}"
 
 case "$TASK" in translation|summarization) ;; *) echo "error: unknown TASK='$TASK' (translation or summarization)" >&2; exit 1;; esac
 for mode in $MODES; do
@@ -110,11 +115,15 @@ run() {
     fi
     SUBSET=$subset SAVE_DIR="$dir" bash "$DDTP/evaluate.sh" > "$dir.eval-$subset.out" 2>&1 \
       || { tail -n 20 "$dir.eval-$subset.out" >&2; echo "error: evaluating $tag failed" >&2; exit 1; }
-    local sc
-    sc=$(score "$dir/eval-$subset-checkpoint_best/score.txt")
-    printf '{"mode": "%s", "weights": [%s, %s, %s], "seed": %s, "subset": "%s", "score": %s, "train_seconds": %s, "stopped_by": "%s", %s}\n' \
+    local sc eval_dir="$dir/eval-$subset-checkpoint_best"
+    sc=$(score "$eval_dir/score.txt")
+    "$PYTHON" "$HERE/diagnose.py" --checkpoint "$dir/checkpoint_best.pt" --data-bin "$DATA_BIN" --subset "$subset" \
+      --hyp "$eval_dir/hyp.txt" --ref "$eval_dir/ref.txt" --json "$dir/diagnose-$subset.json" > "$dir.diagnose-$subset.out" 2>&1 \
+      || { tail -n 20 "$dir.diagnose-$subset.out" >&2; echo "error: diagnosing $tag failed" >&2; exit 1; }
+    printf '{"mode": "%s", "weights": [%s, %s, %s], "seed": %s, "subset": "%s", "score": %s, "train_seconds": %s, "stopped_by": "%s", %s, "diagnosis": %s}\n' \
       "$mode" "$alpha" "$beta" "$gamma" "$seed" "$subset" "$sc" "$(cat "$dir/trained")" \
-      "$(stop_reason "$dir.train.out")" "$(log_fields "$dir/train.log")" > "$dir/result-$subset.json.tmp"
+      "$(stop_reason "$dir.train.out")" "$(log_fields "$dir/train.log")" \
+      "$(tr -d '\n' < "$dir/diagnose-$subset.json")" > "$dir/result-$subset.json.tmp"
     mv "$dir/result-$subset.json.tmp" "$dir/result-$subset.json"
   fi
   echo "$dir"
@@ -163,15 +172,33 @@ metric = "test sacreBLEU" if task == "translation" else "test ROUGE-L"
 by_mode = {}
 for r in rows:
     by_mode.setdefault(r["mode"], []).append(r)
-lines = [f"| mode | weights (alpha, beta, gamma) | {metric} per seed | mean | training time (s) per seed | epochs, stopped by |",
-         "|---|---|---|---|---|---|"]
+lines = [f"| mode | weights (alpha, beta, gamma) | {metric} per seed | mean | training time (s) per seed | epochs, stopped by "
+         "| length ratio | loops % | attention entropy enc / dec / cross | output entropy | P(EOS) at end |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+def per_seed(rs, fmt, get):
+    """One value per seed, or '-' for a run recorded before the diagnosis existed."""
+    values = []
+    for r in rs:
+        try:
+            values.append(fmt % get(r["diagnosis"]))
+        except (KeyError, TypeError):
+            values.append("-")
+    return ", ".join(values)
+
 for mode, rs in by_mode.items():
     weights = "-" if mode == "baseline" else ", ".join(map(str, rs[0]["weights"])) if mode == "lrdrop" else f"gamma {rs[0]['weights'][2]}"
     scores = ", ".join("%.2f" % r["score"] for r in rs)
     walls = ", ".join(str(r.get("fairseq_train_wall", r["train_seconds"])) for r in rs)
     mean = statistics.mean(r["score"] for r in rs)
     stops = ", ".join(f"{r.get('epochs', '?')} ({r.get('stopped_by', '?')})" for r in rs)
-    lines.append(f"| {mode} | {weights} | {scores} | {mean:.2f} | {walls} | {stops} |")
+    attention = lambda d: tuple(d["attention_entropy"][m] for m in ("encoder_self", "decoder_self", "decoder_cross"))
+    lines.append(f"| {mode} | {weights} | {scores} | {mean:.2f} | {walls} | {stops} "
+                 f"| {per_seed(rs, '%.3f', lambda d: d['length_ratio'])} "
+                 f"| {per_seed(rs, '%.1f', lambda d: 100 * d['loop_share'])} "
+                 f"| {per_seed(rs, '%.2f / %.2f / %.2f', attention)} "
+                 f"| {per_seed(rs, '%.2f', lambda d: d['output_entropy'])} "
+                 f"| {per_seed(rs, '%.3f', lambda d: d['eos_prob_at_end'])} |")
 open(f"{run_dir}/results.md", "w").write("\n".join(lines) + "\n")
 json.dump(rows, open(f"{run_dir}/results.json", "w"), indent=1)
 print("\n".join(lines))

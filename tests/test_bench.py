@@ -114,3 +114,33 @@ def test_speed_benchmark_runs_a_subset_of_configurations(tmp_path):
     bad = subprocess.run([sys.executable, REPO / "bench" / "speed.py", "--configs", "baseline,rdorp"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--configs: unknown configuration rdorp" in bad.stderr
+
+
+def _diagnose():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("diagnose", REPO / "bench" / "diagnose.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_diagnosis_text_measures_and_entropy():
+    import math
+
+    import torch
+
+    diagnose = _diagnose()
+    loops = ["documentation de la documentation de la documentation", "sehr sehr sehr gut", "a b a b"]
+    clean = ["der hund sieht die katze", "sehr sehr gut", "de la maison de la ville", ""]
+    assert all(diagnose.has_loop(h.split()) for h in loops)
+    assert not any(diagnose.has_loop(h.split()) for h in clean)
+    measures = diagnose.text_measures(loops + clean, ["x y z"] * 7)
+    assert measures["loop_share"] == 3 / 7
+    assert measures["length_ratio"] == sum(len(h.split()) for h in loops + clean) / 21
+    uniform, one_hot = torch.full((2, 4), 0.25), torch.tensor([[0.0, 1.0, 0.0]])
+    assert torch.allclose(diagnose.row_entropy(uniform), torch.full((2,), math.log(4), dtype=torch.float64))
+    assert diagnose.row_entropy(one_hot).item() == 0.0
+    bad = subprocess.run([sys.executable, REPO / "bench" / "diagnose.py", "--checkpoint", REPO / "README.md",
+                          "--data-bin", REPO, "--hyp", REPO / "README.md"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--hyp and --ref go together" in bad.stderr

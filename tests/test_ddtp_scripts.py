@@ -240,6 +240,14 @@ def test_quality_study_with_fixed_weights_records_how_runs_stopped(prepared, tmp
     assert "--criterion lr_drop_label_smoothed_cross_entropy" in command
     assert "--hidden-reg-weight 0 --attn-reg-weight 0 --output-reg-weight 2" in command
     assert "| rdrop | gamma 2 |" in (run_dir / "results.md").read_text()
+    # bench/diagnose.py's measurements of the run, in results.json and the table
+    diagnosis = row["diagnosis"]
+    assert diagnosis["length_ratio"] > 0 and 0 <= diagnosis["loop_share"] <= 1
+    assert set(diagnosis["attention_entropy"]) == {"encoder_self", "decoder_self", "decoder_cross"}
+    assert all(value > 0 for value in diagnosis["attention_entropy"].values())
+    assert diagnosis["output_entropy"] > 0 and 0 < diagnosis["eos_prob_at_end"] < 1
+    line = [l for l in (run_dir / "results.md").read_text().splitlines() if l.startswith("| rdrop |")][0]
+    assert re.search(r"\| \d+\.\d{3} \| \d+\.\d \| \d+\.\d\d / \d+\.\d\d / \d+\.\d\d \| \d+\.\d\d \| 0\.\d{3} \|$", line), line
 
 
 def test_cpu_quality_wrapper_runs_a_task_and_prints_its_table(prepared):
