@@ -4,6 +4,7 @@ in torch's legacy format load, and no checkpoint runs code (neither by unpicklin
 the config strings fairseq evaluates)."""
 import argparse
 import ast
+import io
 import os
 import pickle
 import signal
@@ -322,3 +323,73 @@ def test_every_eval_in_fairseq_is_guarded_or_not_reachable_from_a_checkpoint():
 
     for name in checkpoint_loading.CONFIG_EVAL_MODULES:
         assert importlib.import_module(name).eval is checkpoint_loading.literal_value, name
+
+
+# ---- the restricted unpickler itself, on hand-written pickles ---------------------------
+
+def _text(value: str) -> bytes:
+    """A BINUNICODE pickle opcode."""
+    import struct
+
+    data = value.encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def _refused(payload: bytes, kind="file", persistent_load=None):
+    unpickler = checkpoint_loading._restricted_pickle(kind).Unpickler(io.BytesIO(payload))
+    if persistent_load is not None:
+        unpickler.persistent_load = persistent_load
+    with pytest.raises(checkpoint_loading._Refused) as error:
+        unpickler.load()
+    return error.value.what
+
+
+def test_state_cannot_be_set_on_classes_functions_or_unexpected_objects():
+    """BUILD applies a pickled state to the object under it. On an allowed function or class
+    that would change it for the whole process (e.g. the defaults of torch's tensor rebuild
+    function, so that every later torch.load fails); it is refused, as are dunder attributes
+    and a legacy 'module' record (which makes torch compare, even write, source files)."""
+    import torch._utils
+
+    defaults = torch._utils._rebuild_tensor_v2.__defaults__
+    # GLOBAL torch._utils._rebuild_tensor_v2; state (None, {'__defaults__': ()}); BUILD
+    payload = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}" + _text("__defaults__") + b")s\x86b."
+    assert "to change <function _rebuild_tensor_v2" in _refused(payload)
+    assert torch._utils._rebuild_tensor_v2.__defaults__ == defaults
+    class_payload = b"\x80\x02cargparse\nNamespace\n}" + _text("dump_patches") + b"\x88sb."
+    assert "to change <class 'argparse.Namespace'>" in _refused(class_payload)
+    assert not hasattr(argparse.Namespace, "dump_patches")
+    # an instance of an allowed class: plain attributes yes, dunder ones no
+    ok = b"\x80\x02cargparse\nNamespace\n)\x81}" + _text("lr") + b"G?\xb9\x99\x99\x99\x99\x99\x9asb."
+    assert checkpoint_loading._restricted_pickle("file").load(io.BytesIO(ok)) == argparse.Namespace(lr=0.1)
+    dunder = b"\x80\x02cargparse\nNamespace\n)\x81}" + _text("__class__") + b"cargparse\nNamespace\nsb."
+    assert "attributes ['__class__']" in _refused(dunder)
+    # BINPERSID ('module', Namespace, 'src', 'text'): refused before torch's handler runs
+    calls = []
+    module_record = b"\x80\x02(" + _text("module") + b"cargparse\nNamespace\n" + _text("a") + _text("b") + b"tQ."
+    assert "legacy 'module' record" in _refused(module_record, persistent_load=calls.append)
+    assert calls == []
+
+
+def test_numpy_reconstructors_make_plain_arrays_and_scalars_only():
+    """numpy.ndarray is named in pickles only as the reconstructor's first argument: called
+    directly it would make an object array. A dtype's state must be its canonical one (other
+    flags make numpy misread the data), and a scalar comes from raw bytes only."""
+    import numpy
+
+    loads = lambda payload: checkpoint_loading._restricted_pickle("file").load(io.BytesIO(payload))  # noqa: E731
+    good = pickle.dumps({"a": numpy.array([1.5, 2.5]), "s": numpy.float64(3.0)}, protocol=2)
+    loaded = loads(good)
+    assert loaded["a"].tolist() == [1.5, 2.5] and loaded["s"] == 3.0
+    # REDUCE numpy.ndarray((3,), 'O')
+    direct = b"\x80\x02cnumpy\nndarray\nK\x03\x85" + _text("O") + b"\x86R."
+    with pytest.raises(TypeError):  # the stand-in class takes no arguments: no array is made
+        loads(direct)
+    canonical = b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t"
+    assert good.count(canonical) == 1  # one float64 dtype, memoized for the scalar
+    flagged = good.replace(canonical, canonical[:-3] + b"K\x04t", 1)
+    assert "numpy dtype flags" in _refused(flagged)
+    # scalar(dtype float64, <an ndarray>) instead of raw bytes
+    array_scalar = (b"\x80\x02cnumpy._core.multiarray\nscalar\ncnumpy\ndtype\n" + _text("f8") + b"\x89\x88\x87R"
+                    + b"cnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R\x86R.")
+    assert "numpy scalar made from ndarray" in _refused(array_scalar)

@@ -5,7 +5,8 @@
 Training runs ONE forward over the concatenated batch [x; x] (two dropout masks). Validation
 and inference run the stock single pass. With alpha = beta = 0 this is R-Drop (and equals
 fairseq's label_smoothed_cross_entropy_with_rdrop at rdrop_alpha = gamma); with all three
-weights 0 it is stock label_smoothed_cross_entropy.
+weights 0 it is stock label_smoothed_cross_entropy (adaptive softmax, which stock cannot train
+with this loss either, is refused with one line).
 """
 import math
 from dataclasses import dataclass, field

@@ -10,8 +10,10 @@ A fairseq checkpoint could run code in two ways, and the plugin closes both when
    loaded state as the other ranks receive it; also FSDP and --zero-sharding os state). In
    each of those two modules the name `torch` is bound to a stand-in whose `load` passes a
    restricted unpickler to that one call: it resolves only the globals torch's weights_only
-   loader allows plus CHECKPOINT_GLOBALS (data types; see README "Checkpoints"). Nothing else
-   in the process changes: no global allow-list, no torch.load replaced for a while.
+   loader allows plus CHECKPOINT_GLOBALS (data types; see README "Checkpoints"), applies a
+   pickled state only to instances of listed data types (never to a class or function), and
+   takes no persistent record but torch's storages. Nothing else in the process changes: no
+   global allow-list, no torch.load replaced for a while.
 2. eval() of config strings. While building a model or task from a checkpoint's config,
    fairseq evaluates some strings with the builtin eval() (`utils.eval_str_list` on
    `adaptive_softmax_cutoff`, `eval_str_dict` on `*_xformers_att_config`, fconv layer specs,
@@ -61,18 +63,30 @@ def _plain_dtype(*args):
     return dtype
 
 
+class _NdarrayName:
+    """Stands for the global numpy.ndarray, which pickles name only as the first argument of
+    numpy's array reconstructor: the real class, called directly, would make object arrays."""
+
+
 def _plain_array(subtype, shape, dtype):
     """numpy's array reconstructor, for plain ndarrays only (not subclasses)."""
-    if subtype is not numpy.ndarray:
+    if subtype is not _NdarrayName:
         raise _Refused(f"a numpy array of type {subtype!r}")
-    return _multiarray._reconstruct(subtype, shape, dtype)
+    return _multiarray._reconstruct(numpy.ndarray, shape, dtype)
+
+
+def _plain_scalar(dtype, data):
+    """numpy's scalar reconstructor, for a plain dtype and its raw bytes only."""
+    if not isinstance(dtype, numpy.dtype) or not isinstance(data, bytes):
+        raise _Refused(f"a numpy scalar made from {type(data).__name__}")
+    return _multiarray.scalar(dtype, data)
 
 
 def _numpy_globals() -> Dict[str, Any]:
-    names = {"numpy.ndarray": numpy.ndarray, "numpy.dtype": _plain_dtype}
+    names = {"numpy.ndarray": _NdarrayName, "numpy.dtype": _plain_dtype}
     # numpy >= 2 writes numpy._core.multiarray.*, numpy < 2 wrote numpy.core.multiarray.*
     for core in ("numpy._core", "numpy.core"):
-        names[f"{core}.multiarray.scalar"] = _multiarray.scalar  # its dtype comes from _plain_dtype
+        names[f"{core}.multiarray.scalar"] = _plain_scalar
         names[f"{core}.multiarray._reconstruct"] = _plain_array
     return names
 
@@ -81,26 +95,35 @@ def _numpy_globals() -> Dict[str, Any]:
 CHECKPOINT_GLOBALS: Dict[str, Any] = {"argparse.Namespace": argparse.Namespace, **_numpy_globals()}
 
 
-def _broadcast_globals() -> Dict[str, Any]:
+def _broadcast_types():
     """What fairseq's loader adds before rank 0 broadcasts a loaded checkpoint: the config as
     an OmegaConf DictConfig (with its metadata and nodes) and placeholders for the tensors,
     which travel separately."""
-    import typing
-    from collections import defaultdict
-
     from fairseq.distributed.utils import _TensorPlaceholder
     from omegaconf import DictConfig, ListConfig, base, nodes
 
-    found = [DictConfig, ListConfig, base.ContainerMetadata, base.Metadata, _TensorPlaceholder,
-             nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode,
-             defaultdict, dict, list, tuple, int, float, str, bool]
+    return [DictConfig, ListConfig, base.ContainerMetadata, base.Metadata, _TensorPlaceholder,
+            nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode]
+
+
+def _broadcast_globals() -> Dict[str, Any]:
+    import typing
+    from collections import defaultdict
+
+    found = [*_broadcast_types(), defaultdict, dict, list, tuple, int, float, str, bool]
     names = {f"{cls.__module__}.{cls.__qualname__}": cls for cls in found}
     names["typing.Any"] = typing.Any
     return {**CHECKPOINT_GLOBALS, **names}
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Python's own unpickler with three limits: globals only from `allowed`; BUILD (state
+    applied to an object) only on instances of `buildable` types, never on a class or a
+    function, and without dunder attributes; no persistent ids but torch's storages."""
+
     allowed: Dict[str, Any] = {}
+    buildable: frozenset = frozenset()
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module, name):
         # protocol 2 (torch's default) names builtins as Python 2 did: __builtin__.dict
@@ -111,15 +134,61 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise _Refused(f"the global {module}.{name}")
         return found
 
+    def load_build(self):
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        kind = type(inst)
+        if isinstance(inst, numpy.dtype):
+            if state != numpy.dtype(inst.str).__reduce__()[2]:
+                raise _Refused(f"numpy dtype flags {state!r}")
+            inst.__setstate__(state)
+        elif kind is torch.Tensor:  # the legacy format, as torch's weights_only loader does it
+            inst.set_(*state)
+        elif kind not in self.buildable:
+            raise _Refused(f"to change {inst!r} while unpickling" if isinstance(inst, type) or callable(inst)
+                           else f"to set the state of a {kind.__module__}.{kind.__qualname__}")
+        elif getattr(inst, "__setstate__", None) is not None:
+            inst.__setstate__(state)
+        else:
+            slots = None
+            if isinstance(state, tuple) and len(state) == 2:
+                state, slots = state
+            if slots or not isinstance(state, dict) or any(str(k).startswith("__") for k in state):
+                raise _Refused(f"attributes {sorted(map(str, state or {}))} set on a {kind.__qualname__}")
+            inst.__dict__.update(state)
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+    # torch.load assigns its persistent_load to the unpickler; only its storages may pass (a
+    # legacy 'module' record makes torch compare and even write source files).
+    @property
+    def persistent_load(self):
+        return self._persistent_load
+
+    @persistent_load.setter
+    def persistent_load(self, load):
+        def checked(pid):
+            if isinstance(pid, tuple) and pid and pid[0] in ("module", b"module"):
+                raise _Refused("a legacy 'module' record")
+            return load(pid)
+
+        self._persistent_load = checked
+
 
 @functools.lru_cache(maxsize=None)
 def _restricted_pickle(kind: str):
     """A pickle module for torch.load(pickle_module=...): torch's own weights_only globals
     plus CHECKPOINT_GLOBALS (kind 'file') or the broadcast's extras (kind 'broadcast')."""
+    from collections import Counter, OrderedDict
+
     from torch._weights_only_unpickler import _get_allowed_globals
 
     extra = CHECKPOINT_GLOBALS if kind == "file" else _broadcast_globals()
-    unpickler = type("Unpickler", (_RestrictedUnpickler,), {"allowed": {**_get_allowed_globals(), **extra}})
+    buildable = {OrderedDict, Counter, argparse.Namespace, torch.nn.Parameter, numpy.ndarray}
+    if kind == "broadcast":
+        buildable.update(_broadcast_types())
+    unpickler = type("Unpickler", (_RestrictedUnpickler,),
+                     {"allowed": {**_get_allowed_globals(), **extra}, "buildable": frozenset(buildable)})
     return types.SimpleNamespace(
         __name__=f"fairseq_lrdrop_{kind}_pickle",
         Unpickler=unpickler,
@@ -150,8 +219,8 @@ def _checked_load(source, what: str, kind: str, trusted: bool, args, kwargs):
             f"contain, so unpickling it could run arbitrary code. If you trust this file, add "
             f"its path to {TRUSTED_CHECKPOINTS_ENV} to load it with full unpickling"
         ) from None
-    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, zipfile.BadZipFile,
-            ValueError, KeyError) as error:
+    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, zipfile.BadZipFile, ValueError,
+            KeyError, IndexError, TypeError, AttributeError, SystemError, MemoryError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UsageError(
             f"{what} cannot be read ({reason}): it is truncated or not a fairseq checkpoint; "

@@ -11,6 +11,8 @@ forward hook finishes the attention (softmax, dropout, values, out_proj), keeps 
 probabilities (H x B x T x S, before attention dropout) and hands the caller exactly what it
 asked for.
 """
+import functools
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -18,6 +20,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+logger = logging.getLogger(__name__)
 
 ATTENTION_MODULES = ("encoder_self", "decoder_self", "decoder_cross")
 # Where a layer's hidden state is taken: the layer's output (after the residual and, for
@@ -134,7 +138,16 @@ def _checkpointed_recording_forward(layer: nn.Module, register_inner: Callable[[
     def forward(*args, **kwargs):
         return checkpoint(run, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
 
+    fairseq_forward = layer.forward  # functools.partial(_checkpointed_forward, forward, offload)
+    if isinstance(fairseq_forward, functools.partial) and fairseq_forward.args[1:2] == (True,):
+        _warn_once("--offload-activations: layers whose attention maps or FFN outputs LR-Drop records "
+                   "are checkpointed without moving their inputs to the CPU (same gradient, less saving)")
     return forward
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    logger.warning(message)
 
 
 def _inner_hooks(layer: nn.Module, index: int, hidden: Optional[Dict[int, Tensor]],
