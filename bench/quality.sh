@@ -28,6 +28,7 @@
 #   RUN_DIR=runs/quality-$TASK
 #   DATA_DIR=data/ddtp-quality  MAX_WORDS=25 (translation segments, words per side)
 #   DATA_BIN=$DATA_DIR/bin/translation-en-de or .../summarization (what bench/diagnose.py reads)
+#   DIAGNOSE=1                  0 skips bench/diagnose.py (its table columns then show "-")
 #   PATIENCE=5 MAX_EPOCH=60     stopping rule (validation every epoch)
 #   ENCODER_LAYERS=3 DECODER_LAYERS=3 EMBED_DIM=256 FFN_DIM=1024 HEADS=4 DROPOUT=0.3
 #   MAX_TOKENS=4096 LR=5e-4 WARMUP=4000
@@ -52,6 +53,7 @@ export MAX_WORDS="${MAX_WORDS:-25}"
 export PATIENCE="${PATIENCE:-5}" MAX_EPOCH="${MAX_EPOCH:-60}"
 export BEAM="${BEAM:-5}"
 PYTHON="${PYTHON:-python3}"
+DIAGNOSE="${DIAGNOSE:-1}"
 case "$TASK" in translation) BIN_NAME=translation-en-de ;; *) BIN_NAME=summarization ;; esac
 DATA_BIN="${DATA_BIN:-$DATA_DIR/bin/$BIN_NAME}"
 
@@ -117,9 +119,13 @@ run() {
       || { tail -n 20 "$dir.eval-$subset.out" >&2; echo "error: evaluating $tag failed" >&2; exit 1; }
     local sc eval_dir="$dir/eval-$subset-checkpoint_best"
     sc=$(score "$eval_dir/score.txt")
-    "$PYTHON" "$HERE/diagnose.py" --checkpoint "$dir/checkpoint_best.pt" --data-bin "$DATA_BIN" --subset "$subset" \
-      --hyp "$eval_dir/hyp.txt" --ref "$eval_dir/ref.txt" --json "$dir/diagnose-$subset.json" > "$dir.diagnose-$subset.out" 2>&1 \
-      || { tail -n 20 "$dir.diagnose-$subset.out" >&2; echo "error: diagnosing $tag failed" >&2; exit 1; }
+    if [[ $DIAGNOSE == 1 ]]; then
+      "$PYTHON" "$HERE/diagnose.py" --checkpoint "$dir/checkpoint_best.pt" --data-bin "$DATA_BIN" --subset "$subset" \
+        --hyp "$eval_dir/hyp.txt" --ref "$eval_dir/ref.txt" --json "$dir/diagnose-$subset.json" > "$dir.diagnose-$subset.out" 2>&1 \
+        || { tail -n 20 "$dir.diagnose-$subset.out" >&2; echo "error: diagnosing $tag failed" >&2; exit 1; }
+    else
+      echo null > "$dir/diagnose-$subset.json"
+    fi
     printf '{"mode": "%s", "weights": [%s, %s, %s], "seed": %s, "subset": "%s", "score": %s, "train_seconds": %s, "stopped_by": "%s", %s, "diagnosis": %s}\n' \
       "$mode" "$alpha" "$beta" "$gamma" "$seed" "$subset" "$sc" "$(cat "$dir/trained")" \
       "$(stop_reason "$dir.train.out")" "$(log_fields "$dir/train.log")" \

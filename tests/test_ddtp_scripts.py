@@ -210,13 +210,14 @@ def test_quality_study_script_runs_sweep_and_table(prepared, tmp_path):
         ["bash", os.path.join(ROOT, "bench", "quality.sh")], cwd=str(work), capture_output=True, text=True,
         timeout=600, env=_env(TASK="translation", SEEDS="1", SWEEP="1,1,1 0.5,0,1", RUN_DIR=run_dir,
                               DDTP_INDEX_DIR=work / "idx", DATA_DIR=work / "data", VALID_SIZE=8, TEST_SIZE=8,
-                              SPM_VOCAB=80, SUM_SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, **TINY))
+                              SPM_VOCAB=80, SUM_SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, DIAGNOSE=0, **TINY))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sweep = (run_dir / "sweep.txt").read_text()
     assert sweep.count("valid=") == 2 and "chosen: " in sweep
     table = (run_dir / "results.md").read_text()
     for mode in ("baseline", "rdrop", "lrdrop"):
         assert re.search(rf"\| {mode} \|.*\| \d+\.\d\d \| \d+\.\d\d \| \d+ \|", table), table
+        assert re.search(rf"\| {mode} \|.*( \| -){{5}} \|$", table, re.M), table  # DIAGNOSE=0: no columns
 
 
 def test_quality_study_with_fixed_weights_records_how_runs_stopped(prepared, tmp_path):
@@ -257,7 +258,7 @@ def test_cpu_quality_wrapper_runs_a_task_and_prints_its_table(prepared):
     proc = subprocess.run(
         ["bash", os.path.join(ROOT, "bench", "quality-cpu.sh")], cwd=str(work), capture_output=True, text=True,
         timeout=600, env=_env(TASKS="translation", MODES="baseline", DDTP_INDEX_DIR=work / "idx",
-                              VALID_SIZE=8, TEST_SIZE=8, SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, **TINY))
+                              VALID_SIZE=8, TEST_SIZE=8, SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, DIAGNOSE=0, **TINY))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "== translation" in proc.stdout and "| baseline | - |" in proc.stdout
     [row] = json.loads((work / "runs/quality-translation/results.json").read_text())
@@ -275,7 +276,7 @@ def test_converged_translation_study_script_runs_every_mode_seed_and_the_valid_c
         ["bash", os.path.join(ROOT, "bench", "quality-converged-cpu.sh")], cwd=str(work),
         capture_output=True, text=True, timeout=900,
         env=_env(SWEEP="1,1,2 0.5,0.5,2", DDTP_INDEX_DIR=work / "idx", VALID_SIZE=8, TEST_SIZE=8,
-                 SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, **TINY))
+                 SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, DIAGNOSE=0, **TINY))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = work / "runs/quality-translation-4k"
     sweep = (run_dir / "sweep.txt").read_text()
@@ -303,7 +304,7 @@ def test_converged_summarization_study_with_one_triple_trains_both_seeds_in_the_
         ["bash", os.path.join(ROOT, "bench", "quality-converged-cpu.sh")], cwd=str(work),
         capture_output=True, text=True, timeout=900,
         env=_env(TASK="summarization", SWEEP="0.5,0.5,2", DDTP_INDEX_DIR=work / "idx", VALID_SIZE=8,
-                 TEST_SIZE=8, SUM_SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, **TINY))
+                 TEST_SIZE=8, SUM_SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, DIAGNOSE=0, **TINY))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = work / "runs/quality-summarization-3k"
     assert "chosen: 0.5,0.5,2" in (run_dir / "sweep.txt").read_text()
