@@ -84,6 +84,13 @@ def build(data_bin, arch="lr_drop_transformer", criterion="lr_drop_label_smoothe
     return task, model, task.build_criterion(cfg.criterion)
 
 
+def criterion_cfg(name, **fields):
+    """A criterion config as fairseq builds it: label smoothing 0.1, stock options off."""
+    from omegaconf import OmegaConf
+    return OmegaConf.create({"_name": name, "label_smoothing": 0.1, "sentence_avg": False,
+                             "ignore_prefix_size": 0, "report_accuracy": False, **fields})
+
+
 def batch(task, split="valid", size=8, start=0):
     task.load_dataset(split)
     dataset = task.dataset(split)

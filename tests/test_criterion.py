@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batch, build
+from conftest import batch, build, criterion_cfg
 
 from fairseq_lrdrop.errors import UsageError
 from fairseq_lrdrop.modules.layer_states import LayerStateRequest, recording_layer_states
@@ -20,7 +20,7 @@ def _loss(criterion, model, sample, seed=123):
 def test_all_weights_zero_equals_stock_label_smoothed_cross_entropy(data_bin):
     task, model, lrdrop = build(data_bin, dropout=0.0, extra=[
         "--hidden-reg-weight", "0", "--attn-reg-weight", "0", "--output-reg-weight", "0"])
-    stock = task.build_criterion(_stock_cfg("label_smoothed_cross_entropy"))
+    stock = task.build_criterion(criterion_cfg("label_smoothed_cross_entropy"))
     sample = batch(task)
     model.train()
     loss, size, log = _loss(lrdrop, model, sample)
@@ -30,19 +30,13 @@ def test_all_weights_zero_equals_stock_label_smoothed_cross_entropy(data_bin):
     assert not any(term in log for term in TERMS)
 
 
-def _stock_cfg(name, **fields):
-    from omegaconf import OmegaConf
-    return OmegaConf.create({"_name": name, "label_smoothing": 0.1, "sentence_avg": False,
-                             "ignore_prefix_size": 0, "report_accuracy": False, **fields})
-
-
 def test_output_term_only_is_r_drop(data_bin):
     """gamma only: fairseq's own R-Drop criterion gives the same loss and gradients on the same
     dropout masks, and so does R-Drop's formula written out independently."""
     gamma = 3.0
     task, model, lrdrop = build(data_bin, dropout=0.2, extra=[
         "--hidden-reg-weight", "0", "--attn-reg-weight", "0", "--output-reg-weight", str(gamma)])
-    rdrop = task.build_criterion(_stock_cfg("label_smoothed_cross_entropy_with_rdrop", rdrop_alpha=gamma))
+    rdrop = task.build_criterion(criterion_cfg("label_smoothed_cross_entropy_with_rdrop", rdrop_alpha=gamma))
     sample = batch(task, size=6)
     model.train()
 
@@ -181,7 +175,7 @@ def test_eval_is_one_stock_pass(data_bin):
     # exactly the stock attention calls: fused self-attention, no per-head maps requested
     assert attention_calls[id(model)] == attention_calls[id(stock)] * 2  # criterion + direct call
     assert torch.equal(logits, stock_logits) and "layer_states" not in extra
-    ref = task.build_criterion(_stock_cfg("label_smoothed_cross_entropy"))
+    ref = task.build_criterion(criterion_cfg("label_smoothed_cross_entropy"))
     with torch.no_grad():
         ref_loss, _, _ = ref(stock, sample)
     assert torch.equal(loss, ref_loss) and not any(t in log for t in TERMS)

@@ -5,18 +5,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_MODEL, USER_DIR, batch, build, run_cli
+from conftest import TINY_MODEL, USER_DIR, batch, build, criterion_cfg, run_cli
 
 from fairseq_lrdrop.errors import UsageError
 
 TERMS = ("hidden_reg", "attn_reg", "output_reg")
 ZERO = ["--hidden-reg-weight", "0", "--attn-reg-weight", "0", "--output-reg-weight", "0"]
-
-
-def _stock_cfg(name, **fields):
-    from omegaconf import OmegaConf
-    return OmegaConf.create({"_name": name, "label_smoothing": 0.1, "sentence_avg": False,
-                             "ignore_prefix_size": 0, "report_accuracy": False, **fields})
 
 
 def _run(criterion, model, sample, seed=11):
@@ -71,7 +65,7 @@ def test_option_keeps_stock_values_r_drop_formula_and_finite_terms(data_bin, nam
     if name == "translation_multi_simple_epoch":
         language = task.target_dictionary.index("__de__")
         assert sample["target"][:, 0].eq(language).all()
-    stock = task.build_criterion(_stock_cfg("label_smoothed_cross_entropy", **fields))
+    stock = task.build_criterion(criterion_cfg("label_smoothed_cross_entropy", **fields))
     loss, size, log, gradient = _run(plain, model, sample)
     ref_loss, ref_size, ref_log, ref_gradient = _run(stock, model, sample)
     assert size == ref_size == (sample["nsentences"] if name == "sentence-avg" else sample["ntokens"])
@@ -80,14 +74,14 @@ def test_option_keeps_stock_values_r_drop_formula_and_finite_terms(data_bin, nam
         assert log["n_correct"] == ref_log["n_correct"] and log["total"] == ref_log["total"] > 0
 
     gamma = 2.0
-    rdrop = task.build_criterion(_stock_cfg("lr_drop_label_smoothed_cross_entropy", **fields, hidden_reg_weight=0.0,
+    rdrop = task.build_criterion(criterion_cfg("lr_drop_label_smoothed_cross_entropy", **fields, hidden_reg_weight=0.0,
                                             attn_reg_weight=0.0, output_reg_weight=gamma))
     loss, size, _, _ = _run(rdrop, model, sample)
     formula = _rdrop_formula(model, sample, gamma, fields.get("ignore_prefix_size", 0), task.target_dictionary.pad())
     assert size == ref_size
     assert torch.allclose(loss, formula.detach(), rtol=1e-5), (loss, formula)
 
-    lrdrop = task.build_criterion(_stock_cfg("lr_drop_label_smoothed_cross_entropy", **fields, hidden_reg_weight=1.0,
+    lrdrop = task.build_criterion(criterion_cfg("lr_drop_label_smoothed_cross_entropy", **fields, hidden_reg_weight=1.0,
                                              attn_reg_weight=1.0, output_reg_weight=gamma,
                                              attn_reg_modules="encoder_self,decoder_self,decoder_cross",
                                              reg_encoder_layers="all", reg_decoder_layers="all"))
@@ -174,7 +168,7 @@ def test_adaptive_softmax_is_refused(data_bin):
     stock label_smoothed_cross_entropy fails on it with an autograd error; the plugin says why."""
     task, model, criterion = build(data_bin, extra=["--adaptive-softmax-cutoff", "20"])
     model.train()
-    stock = task.build_criterion(_stock_cfg("label_smoothed_cross_entropy"))
+    stock = task.build_criterion(criterion_cfg("label_smoothed_cross_entropy"))
     loss, _, _ = stock(model, batch(task))
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
