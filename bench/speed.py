@@ -51,7 +51,11 @@ CRITERIA = {
     "rdrop": ["--criterion", "label_smoothed_cross_entropy_with_rdrop", "--rdrop-alpha", "5"],
     "lrdrop": ["--criterion", "lr_drop_label_smoothed_cross_entropy", "--hidden-reg-weight", "1",
                "--attn-reg-weight", "1", "--output-reg-weight", "5"],
+    # the same loss with the 2N x V logits held in full (the output head before the fused one)
+    "lrdrop_unfused": ["--criterion", "lr_drop_label_smoothed_cross_entropy", "--hidden-reg-weight", "1",
+                       "--attn-reg-weight", "1", "--output-reg-weight", "5", "--no-fused-output-head"],
 }
+DEFAULT_CONFIGS = ("baseline", "rdrop", "lrdrop")
 
 
 def setup(preset, criterion, device, dtype, arch="lr_drop_transformer_wmt_en_de", extra=()):
@@ -190,7 +194,7 @@ def main():
     parser.add_argument("--bf16", action="store_true", help="run the model in bfloat16")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--configs", default=",".join(CRITERIA),
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                         help="comma-separated subset of " + ",".join(CRITERIA) + " (ratios need both sides)")
     parser.add_argument("--json", default=None, help="write results here")
     parser.add_argument("--generation-repeats", type=int, default=30, help="timed beam-search rounds")
@@ -243,6 +247,9 @@ def main():
         "lrdrop/rdrop step": ("lrdrop", "rdrop", "step_ms"),
         "lrdrop/rdrop memory": ("lrdrop", "rdrop", "peak_mib"),
         "lrdrop/baseline step": ("lrdrop", "baseline", "step_ms"),
+        "lrdrop/baseline memory": ("lrdrop", "baseline", "peak_mib"),
+        "lrdrop/lrdrop_unfused step": ("lrdrop", "lrdrop_unfused", "step_ms"),
+        "lrdrop/lrdrop_unfused memory": ("lrdrop", "lrdrop_unfused", "peak_mib"),
     }.items():
         if top in rows and bottom in rows:
             ratios[label] = rows[top][field] / rows[bottom][field]
@@ -252,9 +259,9 @@ def main():
     print(f"preset {args.preset}{' --checkpoint-activations' if extra else ''}, {device.type} ({machine}), {dtype}, "
           f"{steps} timed steps per configuration, "
           f"{configs[0].sample['ntokens']} target tokens per batch")
-    print(f"{'config':10} {'step ms':>9} {'tokens/s':>10} {'peak MiB':>9}")
+    print(f"{'config':14} {'step ms':>9} {'tokens/s':>10} {'peak MiB':>9}")
     for name, row in rows.items():
-        print(f"{name:10} {row['step_ms']:9.1f} {row['tokens_per_s']:10.0f} {row['peak_mib']:9.1f}")
+        print(f"{name:14} {row['step_ms']:9.1f} {row['tokens_per_s']:10.0f} {row['peak_mib']:9.1f}")
     print(f"generation (beam 4): lr_drop arch {1000 * generation['lrdrop_arch']:.1f} ms, "
           f"stock arch {1000 * generation['stock_arch']:.1f} ms")
     for name, value in ratios.items():

@@ -7,7 +7,7 @@ modules/checkpoint_loading.py). The loss mathematics (`fairseq_lrdrop.losses`) n
 """
 import importlib.util
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 if importlib.util.find_spec("fairseq") is not None:
     from . import criterions, models  # noqa: F401  (registration)

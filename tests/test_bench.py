@@ -17,6 +17,7 @@ def test_speed_benchmark_reports_every_configuration(tmp_path):
     for row in result["rows"].values():
         assert row["step_ms"] > 0 and row["tokens_per_s"] > 0 and row["peak_mib"] >= 0
     assert set(result["ratios"]) == {"lrdrop/rdrop step", "lrdrop/rdrop memory", "lrdrop/baseline step",
+                                     "lrdrop/baseline memory",
                                      "generation speed lrdrop_arch/stock_arch"}
     assert "lrdrop/rdrop step" in proc.stdout
 
@@ -88,7 +89,7 @@ def test_step_profile_lists_what_lrdrop_adds_over_two_baseline_steps(tmp_path):
     for row in rows.values():
         assert row["excess_ms"] == row["lrdrop_ms"] - 2 * row["baseline_ms"]
     # the consistency terms run only in LR-Drop's step; the model's matmuls in both
-    for op in ("_SymmetricKL", "_SymmetricKLFromProbs", "_SquaredDistance"):
+    for op in ("_FusedHead", "_SymmetricKLFromProbs", "_SquaredDistance"):  # the fused output head
         assert rows[op]["lrdrop_calls"] >= 1 and rows[op]["baseline_calls"] == 0
     assert rows["aten::mm"]["baseline_calls"] >= 1 and rows["aten::mm"]["lrdrop_calls"] >= 1
     excess = [row["excess_ms"] for row in result["rows"]]
@@ -100,15 +101,16 @@ def test_step_profile_lists_what_lrdrop_adds_over_two_baseline_steps(tmp_path):
 def test_speed_benchmark_runs_a_subset_of_configurations(tmp_path):
     out = tmp_path / "speed.json"
     proc = subprocess.run([sys.executable, REPO / "bench" / "speed.py", "--preset", "tiny", "--steps", "2",
-                           "--warmup", "1", "--cpu", "--configs", "baseline,lrdrop", "--generation-repeats", "2",
+                           "--warmup", "1", "--cpu", "--configs", "baseline,lrdrop,lrdrop_unfused", "--generation-repeats", "2",
                            "--checkpoint-activations", "--json", out],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "preset tiny --checkpoint-activations" in proc.stdout
     result = json.loads(out.read_text())
     assert result["checkpoint_activations"] is True
-    assert set(result["rows"]) == {"baseline", "lrdrop"}
-    assert set(result["ratios"]) == {"lrdrop/baseline step", "generation speed lrdrop_arch/stock_arch"}
+    assert set(result["rows"]) == {"baseline", "lrdrop", "lrdrop_unfused"}
+    assert set(result["ratios"]) == {"lrdrop/baseline step", "lrdrop/baseline memory", "lrdrop/lrdrop_unfused step",
+                                     "lrdrop/lrdrop_unfused memory", "generation speed lrdrop_arch/stock_arch"}
     assert result["ratios"]["lrdrop/baseline step"] == (
         result["rows"]["lrdrop"]["step_ms"] / result["rows"]["baseline"]["step_ms"])
     bad = subprocess.run([sys.executable, REPO / "bench" / "speed.py", "--configs", "baseline,rdorp"],
@@ -144,3 +146,57 @@ def test_diagnosis_text_measures_and_entropy():
     bad = subprocess.run([sys.executable, REPO / "bench" / "diagnose.py", "--checkpoint", REPO / "README.md",
                           "--data-bin", REPO, "--hyp", REPO / "README.md"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--hyp and --ref go together" in bad.stderr
+
+
+def _report_module():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import ablation_report
+    finally:
+        sys.path.pop(0)
+    return ablation_report
+
+
+def test_patience_simulation_follows_fairseqs_rule():
+    """--patience K stops after K validations without a strictly lower loss; checkpoint_best is
+    rewritten on a tie (<=), so the kept epoch is the latest of equal losses."""
+    report = _report_module()
+    curve = [(1, 9.0), (2, 8.0), (3, 8.5), (4, 8.0), (5, 8.2), (6, 7.5), (7, 7.6), (8, 7.7), (9, 7.8), (10, 7.0)]
+    # patience 3: epochs 3, 4 (a tie is no improvement), 5 -> stop at 5 keeping epoch 4 (the tie)
+    assert report.patience_stop(curve, 3) == (5, 4, True)
+    assert report.patience_stop(curve, 2) == (4, 4, True)
+    assert report.patience_stop(curve[:9], 3) == (5, 4, True)
+    assert report.patience_stop(curve[5:], 3) == (9, 6, True)  # 7, 8, 9 no better than 6
+    assert report.patience_stop(curve, 4) == (10, 10, False)  # the curve ends first
+    assert report.best_epoch(curve) == 10 and report.best_epoch(curve[:5]) == 4
+    assert report.first_epoch_at_or_below(curve, 7.6) == 6
+    assert report.first_epoch_at_or_below(curve, 6.0) is None
+    nll = [(epoch, loss - 1 + 0.1 * epoch) for epoch, loss in curve]  # 8.1, 7.2, 7.8, ...: 7.2 at epoch 2
+    points = report.stopping_points(curve, [3, 5], {"loss <= 7.6": ("loss", 7.6), "nll <= 7.2": ("nll", 7.2)},
+                                    [5, 20], nll)
+    assert points == {"best": 10, "epoch 5": 5, "epoch 20": None, "patience 3": 4, "patience 5": None,
+                      "loss <= 7.6": 6, "nll <= 7.2": 2}
+
+
+def test_equal_loss_targets_use_the_baseline_best_and_the_common_loss():
+    report = _report_module()
+    curves = {"baseline-seed1": [(1, 6.0), (2, 5.7), (3, 5.9)],
+              "rdrop-seed1": [(1, 6.1), (2, 5.4)], "lrdrop-seed1": [(1, 6.2), (2, 5.5), (3, 5.6)]}
+    assert report.equal_loss_targets(curves, []) == {"loss <= 5.700 (baseline best)": ("loss", 5.7),
+                                                     "loss <= 5.500 (common)": ("loss", 5.5)}
+    assert report.equal_loss_targets(curves, [5.45], "nll") == {"nll <= 5.450": ("nll", 5.45)}
+
+
+def test_report_reads_valid_losses_and_training_time_of_a_resumed_log(tmp_path):
+    report = _report_module()
+    log = tmp_path / "train.log"
+    rows = ["{'_name': None}",
+            {"epoch": 1, "train_loss": "7.0", "train_train_wall": "40"},
+            {"epoch": 1, "valid_loss": "6.5", "valid_nll_loss": "6.0"},
+            {"epoch": 2, "train_loss": "6.0", "train_train_wall": "41"},
+            {"epoch": 2, "valid_loss": "6.0", "valid_nll_loss": "5.5"},
+            # resumed from epoch 1's checkpoint: epoch 2 runs again
+            {"epoch": 2, "train_loss": "6.1", "train_train_wall": "39"},
+            {"epoch": 2, "valid_loss": "6.1", "valid_nll_loss": "5.6"}]
+    log.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    assert report.read_log(log) == ([(1, 6.5), (2, 6.1)], 79, {1: 6.0, 2: 5.6})

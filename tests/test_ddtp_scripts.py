@@ -290,7 +290,7 @@ def test_converged_translation_study_script_runs_every_mode_seed_and_the_valid_c
     for name in ("lrdrop-1-1-2-seed1", "lrdrop-0.5-0.5-2-seed1", "rdrop-2-seed2", "baseline-seed2",
                  f"lrdrop-{chosen.replace(',', '-')}-seed2"):
         command = (run_dir / name / "command.txt").read_text()
-        assert "--patience 3" in command and "--max-epoch 1 " in command
+        assert "--patience 10" in command and "--max-epoch 1 " in command
         assert "data/ddtp-quality-4k" in command
     assert "| lrdrop |" in proc.stdout
 
@@ -314,9 +314,83 @@ def test_converged_summarization_study_with_one_triple_trains_both_seeds_in_the_
     assert all(0 <= r["score"] <= 100 for r in rows)
     for name in ("baseline-seed1", "rdrop-2-seed2", "lrdrop-0.5-0.5-2-seed2"):
         command = (run_dir / name / "command.txt").read_text()
-        assert "data/ddtp-quality-sum-3k" in command and "--patience 3" in command
+        assert "data/ddtp-quality-sum-3k" in command and "--patience 10" in command
     # LR-Drop seed 2 was trained by lane 2 (its log ends after it), not by the last step
     trained = (run_dir / "lrdrop-0.5-0.5-2-seed2" / "trained").stat().st_mtime
     assert trained <= (run_dir / "lane2.log").stat().st_mtime
     assert "ROUGE" in (run_dir / "lrdrop-0.5-0.5-2-seed2" / "eval-test-checkpoint_best" / "score.txt").read_text()
     assert "| lrdrop | 0.5, 0.5, 2 |" in proc.stdout
+
+
+def test_ablation_trains_each_variant_for_the_budget_and_reports_every_stopping_point(prepared, tmp_path):
+    """bench/ablation.sh trains each named variant for exactly BUDGET_EPOCHS epochs with the
+    criterion flags of its variant and keeps every epoch's checkpoint; bench/ablation_report.py
+    scores each run at its best epoch, at the simulated patience stop and at equal valid loss;
+    bench/term_gradients.py measures each term's gradient on one of the checkpoints."""
+    work, _ = prepared
+    run_dir = tmp_path / "ablation"
+    env = _env(VARIANTS="baseline attention_mse", BUDGET_EPOCHS=2, WEIGHTS="0.5,1,2", RUN_DIR=run_dir,
+               DDTP_INDEX_DIR=work / "idx", VALID_SIZE=8, TEST_SIZE=8, SPM_VOCAB=80, WORKERS=1, BEAM=2,
+               **{**TINY, "MAX_UPDATE": 0})
+    proc = subprocess.run(["bash", os.path.join(ROOT, "bench", "ablation.sh")], cwd=str(work), env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name, flags in (("baseline", "--criterion label_smoothed_cross_entropy "),
+                        ("attention_mse", "--hidden-reg-weight 0.5 --attn-reg-weight 1 --output-reg-weight 2 ")):
+        command = (run_dir / f"{name}-seed1" / "command.txt").read_text()
+        assert flags in command and "--patience -1" in command and "--max-epoch 2 " in command
+        assert sorted(p.name for p in (run_dir / f"{name}-seed1").glob("checkpoint[0-9]*.pt")) == [
+            "checkpoint1.pt", "checkpoint2.pt"]
+    assert "--attn-distance mse" in (run_dir / "attention_mse-seed1" / "command.txt").read_text()
+    # a rerun trains nothing again
+    again = subprocess.run(["bash", os.path.join(ROOT, "bench", "ablation.sh")], cwd=str(work), env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count(": trained") == 2, again.stdout
+
+    data_bin = str(work / "data/ddtp-quality-4k/bin/translation-en-de")
+    report = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ablation_report.py"), "--run-dir", str(run_dir),
+                             "--data-bin", data_bin, "--patience", "1", "--valid"],
+                            cwd=str(work), env=env, capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    result = json.loads((run_dir / "report.json").read_text())
+    curves = {}
+    for run in ("baseline-seed1", "attention_mse-seed1"):
+        rows = [json.loads(l) for l in (run_dir / run / "train.log").read_text().splitlines() if '"valid_loss"' in l]
+        by_epoch = {int(r["epoch"]): float(r["valid_loss"]) for r in rows}  # fairseq repeats log lines
+        curves[run] = [by_epoch[epoch] for epoch in (1, 2)]
+    loss_targets = {value for metric, value in result["targets"].values() if metric == "loss"}
+    assert loss_targets == {min(curves["baseline-seed1"]), min(curves["attention_mse-seed1"])}
+    assert sorted(metric for metric, _ in result["targets"].values()) == ["loss", "loss", "nll", "nll"]
+    for row in result["rows"]:
+        losses = curves[row["run"]]
+        if row["point"] == "best":
+            assert row["epoch"] == max(e for e in (1, 2) if losses[e - 1] == min(losses))
+        if row["epoch"] is not None:
+            assert row["valid_loss"] == losses[row["epoch"] - 1]
+            assert row["result"]["length_ratio"] > 0 and 0 <= row["result"]["score"] <= 100
+            assert (run_dir / row["run"] / f"eval-test-epoch{row['epoch']}" / "hyp.txt").exists()
+    assert [s["complete"] for s in result["runs"]] == [True, True]
+    for summary in result["runs"]:  # --valid: the valid split decoded at the best epoch
+        score_txt = run_dir / summary["run"] / f"eval-valid-epoch{summary['best_epoch']}" / "score.txt"
+        assert f"BLEU = {summary['valid_score_at_best']:.2f}" in score_txt.read_text()
+    assert "| attention_mse-seed1 | best |" in (run_dir / "report.md").read_text()
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import term_gradients
+    finally:
+        sys.path.pop(0)
+    checkpoint = str(run_dir / "attention_mse-seed1" / "checkpoint2.pt")
+    first = term_gradients.measure(checkpoint, data_bin, (1.0, 1.0, 1.0), 1, 500, 1, 0.1, "layer_output", "mse")
+    second = term_gradients.measure(checkpoint, data_bin, (2.0, 0.0, 1.0), 1, 500, 1, 0.1, "layer_output", "mse")
+    assert first["ce_norm"] > 0 and first["ce_norm"] == pytest.approx(second["ce_norm"])  # same dropout draws
+    assert second["hidden_reg_norm"] == pytest.approx(2 * first["hidden_reg_norm"], rel=1e-5)
+    assert second["attn_reg_norm"] == 0 and first["attn_reg_norm"] > 0
+    assert -1 <= first["output_reg_cosine"] <= 1
+
+
+def test_ablation_rejects_an_unknown_variant_before_writing(tmp_path):
+    proc = subprocess.run(["bash", os.path.join(ROOT, "bench", "ablation.sh")], cwd=str(tmp_path),
+                          env=_env(VARIANTS="rdrop hidden_twice", RUN_DIR=tmp_path / "r"), capture_output=True, text=True)
+    _one_line_error(proc, "hidden_twice", "VARIANTS")
+    assert not (tmp_path / "r").exists()

@@ -81,13 +81,24 @@ def test_option_keeps_stock_values_r_drop_formula_and_finite_terms(data_bin, nam
     assert size == ref_size
     assert torch.allclose(loss, formula.detach(), rtol=1e-5), (loss, formula)
 
-    lrdrop = task.build_criterion(criterion_cfg("lr_drop_label_smoothed_cross_entropy", **fields, hidden_reg_weight=1.0,
-                                             attn_reg_weight=1.0, output_reg_weight=gamma,
-                                             attn_reg_modules="encoder_self,decoder_self,decoder_cross",
-                                             reg_encoder_layers="all", reg_decoder_layers="all"))
+    every_term = dict(hidden_reg_weight=1.0, attn_reg_weight=1.0, output_reg_weight=gamma,
+                      attn_reg_modules="encoder_self,decoder_self,decoder_cross",
+                      reg_encoder_layers="all", reg_decoder_layers="all")
+    lrdrop = task.build_criterion(criterion_cfg("lr_drop_label_smoothed_cross_entropy", **fields, **every_term))
     loss, _, log, gradient = _run(lrdrop, model, sample)
     assert torch.isfinite(loss) and torch.isfinite(gradient).all()
     assert all(math.isfinite(float(log[t])) and float(log[t]) > 0 for t in TERMS)
+
+    # (d) the fused output head (the default, used above) against the unfused path: the same
+    # loss, logged values and gradient, to float32 rounding (the logits are summed in blocks)
+    unfused = task.build_criterion(criterion_cfg("lr_drop_label_smoothed_cross_entropy", **fields, **every_term,
+                                                 no_fused_output_head=True))
+    ref_loss, _, ref_log, ref_gradient = _run(unfused, model, sample)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gradient, ref_gradient, rtol=1e-4, atol=1e-5)
+    for key in ("nll_loss", "n_correct", "total", *TERMS):
+        if key in ref_log:
+            assert float(log[key]) == pytest.approx(float(ref_log[key]), rel=1e-5, abs=1e-5), key
 
 
 def test_layerdrop_skips_the_same_layers_in_both_passes(data_bin):

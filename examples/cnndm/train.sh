@@ -10,7 +10,8 @@
 #                  $HIDDEN_REG_WEIGHT --attn-reg-weight $ATTN_REG_WEIGHT --output-reg-weight
 #                  $OUTPUT_REG_WEIGHT
 # Weights: OUTPUT_REG_WEIGHT=0.7 is R-Drop's published KL weight for CNN/DM;
-# HIDDEN_REG_WEIGHT=1.0 and ATTN_REG_WEIGHT=1.0 are this project's defaults (not from a paper).
+# HIDDEN_REG_WEIGHT=0.1 and ATTN_REG_WEIGHT=0.1 are the plugin's defaults, chosen on valid
+# splits (README, "Default weights"; not from a paper).
 #
 # Starting point: RESTORE_FILE (default BART_DIR/model.pt of bart.large, from
 # https://dl.fbaipublicfiles.com/fairseq/models/bart.large.tar.gz) with --reset-optimizer
@@ -37,7 +38,7 @@
 #   BART_DIR=$REPO/data/bart.large   RESTORE_FILE=$BART_DIR/model.pt (empty: from scratch)
 #   SAVE_DIR=$REPO/checkpoints/cnndm_<arch>_<mode>
 #   USER_DIR=$REPO/fairseq_lrdrop    plugin dir (--user-dir); empty = stock fairseq only
-#   HIDDEN_REG_WEIGHT=1.0 ATTN_REG_WEIGHT=1.0 OUTPUT_REG_WEIGHT=0.7 LABEL_SMOOTHING=0.1
+#   HIDDEN_REG_WEIGHT=0.1 ATTN_REG_WEIGHT=0.1 OUTPUT_REG_WEIGHT=0.7 LABEL_SMOOTHING=0.1
 #   LR=3e-5 MAX_UPDATE=20000 WARMUP=500 (polynomial decay to 0 at MAX_UPDATE)
 #   DROPOUT=0.1 ATTN_DROPOUT=0.1 WEIGHT_DECAY=0.01 CLIP_NORM=0.1
 #   MAX_TOKENS=1024 TOKENS_PER_UPDATE=65536 UPDATE_FREQ (overrides the computed value)
@@ -60,8 +61,8 @@ BART_DIR=${BART_DIR:-$REPO/data/bart.large}
 RESTORE_FILE=${RESTORE_FILE-$BART_DIR/model.pt}
 SAVE_DIR=${SAVE_DIR:-$REPO/checkpoints/cnndm_${ARCH}_${MODE}}
 USER_DIR=${USER_DIR-$REPO/fairseq_lrdrop}
-HIDDEN_REG_WEIGHT=${HIDDEN_REG_WEIGHT:-1.0}
-ATTN_REG_WEIGHT=${ATTN_REG_WEIGHT:-1.0}
+HIDDEN_REG_WEIGHT=${HIDDEN_REG_WEIGHT:-0.1}
+ATTN_REG_WEIGHT=${ATTN_REG_WEIGHT:-0.1}
 OUTPUT_REG_WEIGHT=${OUTPUT_REG_WEIGHT:-0.7}
 LABEL_SMOOTHING=${LABEL_SMOOTHING:-0.1}
 LR=${LR:-3e-5}

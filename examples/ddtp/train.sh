@@ -19,8 +19,8 @@
 #   DROPOUT=0.3 ATTN_DROPOUT=0.1 ACT_DROPOUT=0.0 WEIGHT_DECAY=0.0001 CLIP_NORM=0.0
 #   LR=5e-4 WARMUP=4000 (inverse_sqrt schedule, Adam betas 0.9,0.98)
 #   LABEL_SMOOTHING=0.1
-#   HIDDEN_REG_WEIGHT=1.0     LR-Drop alpha (hidden-state consistency)
-#   ATTN_REG_WEIGHT=1.0       LR-Drop beta  (attention consistency)
+#   HIDDEN_REG_WEIGHT=0.1     LR-Drop alpha (hidden-state consistency; the plugin's default)
+#   ATTN_REG_WEIGHT=0.1       LR-Drop beta  (attention consistency; the plugin's default)
 #   OUTPUT_REG_WEIGHT=5.0     LR-Drop gamma / R-Drop alpha (output KL)
 #   RDROP_IMPL=fairseq        MODE=rdrop with fairseq's label_smoothed_cross_entropy_with_rdrop;
 #                             plugin: lr_drop_label_smoothed_cross_entropy with alpha = beta = 0
@@ -61,8 +61,8 @@ CLIP_NORM="${CLIP_NORM:-0.0}"
 LR="${LR:-5e-4}"
 WARMUP="${WARMUP:-4000}"
 LABEL_SMOOTHING="${LABEL_SMOOTHING:-0.1}"
-HIDDEN_REG_WEIGHT="${HIDDEN_REG_WEIGHT:-1.0}"
-ATTN_REG_WEIGHT="${ATTN_REG_WEIGHT:-1.0}"
+HIDDEN_REG_WEIGHT="${HIDDEN_REG_WEIGHT:-0.1}"
+ATTN_REG_WEIGHT="${ATTN_REG_WEIGHT:-0.1}"
 OUTPUT_REG_WEIGHT="${OUTPUT_REG_WEIGHT:-5.0}"
 RDROP_IMPL="${RDROP_IMPL:-fairseq}"
 MAX_TOKENS="${MAX_TOKENS:-4096}"

@@ -8,6 +8,8 @@ fairseq's label_smoothed_cross_entropy_with_rdrop at rdrop_alpha = gamma); with 
 weights 0 it is stock label_smoothed_cross_entropy (adaptive softmax, which stock cannot train
 with this loss either, is refused with one line).
 """
+import functools
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
@@ -32,6 +34,9 @@ from fairseq_lrdrop.losses import (
     split_passes,
 )
 from fairseq_lrdrop.modules.layer_states import ATTENTION_MODULES, HIDDEN_STATE_POINTS, LayerStateRequest
+from fairseq_lrdrop.output_head import fused_output_losses
+
+logger = logging.getLogger(__name__)
 
 REG_TERMS = ("hidden_reg", "attn_reg", "output_reg")
 
@@ -39,11 +44,11 @@ REG_TERMS = ("hidden_reg", "attn_reg", "output_reg")
 @dataclass
 class LRDropLabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig):
     hidden_reg_weight: float = field(
-        default=1.0,
+        default=0.1,
         metadata={"help": "alpha: weight of the hidden-state consistency term L_HSR (0: off)"},
     )
     attn_reg_weight: float = field(
-        default=1.0,
+        default=0.1,
         metadata={"help": "beta: weight of the attention consistency term L_MHAR (0: off)"},
     )
     output_reg_weight: float = field(
@@ -70,6 +75,12 @@ class LRDropLabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionCo
         metadata={"help": "the hidden state L_HSR compares: each layer's output (after the "
                   "residual and layer norm), or its feed-forward block's output fc2(act(fc1(x))) "
                   "before dropout, residual and layer norm"},
+    )
+    no_fused_output_head: bool = field(
+        default=False,
+        metadata={"help": "compute the output projection, log-softmax and losses of the [x; x] "
+                  "forward unfused, holding the 2N x V logits in full (by default the fused head "
+                  "computes them in blocks of rows, wherever it gives the unfused result)"},
     )
     attn_distance: ChoiceEnum(sorted(ATTENTION_DISTANCES)) = field(
         default="skl",
@@ -127,6 +138,43 @@ def _check_training_setup(model, two_passes: bool):
         model = getattr(model, "module", None)
 
 
+def fused_head_unsupported(model) -> Optional[str]:
+    """Why the fused head cannot stand in for this model's output layer and log-softmax
+    (None: it can): it serves fairseq's Transformer decoder whose output layer is one linear
+    projection without bias, followed by the stock log-softmax."""
+    from fairseq.models import BaseFairseqModel, FairseqDecoder
+    from fairseq.models.transformer import TransformerDecoderBase, TransformerModelBase
+
+    decoder = getattr(model, "decoder", None)
+    if not isinstance(decoder, TransformerDecoderBase):
+        return f"the decoder {type(decoder).__name__} is not fairseq's TransformerDecoder"
+    if decoder.adaptive_softmax is not None:
+        return "adaptive softmax"
+    projection = getattr(decoder, "output_projection", None)
+    if not isinstance(projection, torch.nn.Linear) or projection.bias is not None:
+        return "the output layer is not one linear projection without bias"
+    if projection._forward_pre_hooks or projection._forward_hooks:  # e.g. quant-noise, which rewrites the weight
+        return "the output projection has forward hooks"
+    # the stock implementations: the output projection, then log-softmax in float32
+    stock = (
+        (type(decoder), "output_layer", (TransformerDecoderBase,)),
+        (type(decoder), "get_normalized_probs", (FairseqDecoder,)),
+        (type(decoder), "get_normalized_probs_scriptable", (FairseqDecoder,)),
+        (type(model), "get_normalized_probs", (BaseFairseqModel, TransformerModelBase)),  # the latter: a jit export
+        (type(model), "get_normalized_probs_scriptable", (BaseFairseqModel,)),
+    )
+    overridden = [name for cls, name, bases in stock
+                  if all(getattr(cls, name) is not getattr(base, name) for base in bases)]
+    if overridden:
+        return f"{type(model).__name__} overrides {overridden[0]}"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _log_once(message: str) -> None:
+    logger.warning(message)
+
+
 def _has_quant_noise(linear) -> bool:
     # fairseq's quant_noise() registers this pre-hook, which rewrites the weight in place
     return any("quant_noise" in getattr(hook, "__qualname__", "") for hook in linear._forward_pre_hooks.values())
@@ -143,14 +191,15 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
         label_smoothing,
         ignore_prefix_size=0,
         report_accuracy=False,
-        hidden_reg_weight=1.0,
-        attn_reg_weight=1.0,
+        hidden_reg_weight=0.1,
+        attn_reg_weight=0.1,
         output_reg_weight=5.0,
         attn_reg_modules=",".join(ATTENTION_MODULES),
         reg_encoder_layers="all",
         reg_decoder_layers="all",
         hidden_state_point="layer_output",
         attn_distance="skl",
+        no_fused_output_head=False,
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         self.hidden_reg_weight = _check_weight("--hidden-reg-weight", hidden_reg_weight)
@@ -172,6 +221,7 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
             raise UsageError(f"--attn-distance: choose from {'|'.join(sorted(ATTENTION_DISTANCES))} (got {attn_distance!r})")
         self.hidden_state_point = str(hidden_state_point)
         self.attn_distance = ATTENTION_DISTANCES[str(attn_distance)]
+        self.fused_output_head = not no_fused_output_head
         self._request = None  # built and checked against the model on the first forward
         self._setup_checked = False
 
@@ -257,26 +307,7 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
                 "available in training with a consistency weight > 0; call it with reduce=True, "
                 "or set the three weights to 0 for stock per-token losses"
             )
-        request = self.layer_state_request(model)
-
-        # [x; x] in one forward: two dropout masks, one kernel launch per op. New dicts,
-        # so the caller's sample is never modified.
-        net_input = {
-            k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in sample["net_input"].items()
-        }
-        extra_args = {"layer_states": request} if request is not None else {}
-        net_output = model(**net_input, **extra_args)
-        doubled = {**sample, "target": torch.cat([sample["target"], sample["target"]])}
-
-        lprobs, target = self.get_lprobs_and_target(model, net_output, doubled)  # 2N x V, 2N
-        ce_loss, nll_loss = label_smoothed_nll_loss(lprobs, target, self.eps, ignore_index=self.padding_idx)
-        terms = self.consistency_terms(
-            lprobs, target, net_output[1].get("layer_states"), sample["net_input"], sample["target"]
-        )
-        loss = ce_loss
-        weights = dict(zip(REG_TERMS, (self.hidden_reg_weight, self.attn_reg_weight, self.output_reg_weight)))
-        for name, value in terms.items():
-            loss = loss + weights[name] * value
+        loss, ce_loss, nll_loss, terms, n_correct, total = self.two_pass_losses(model, sample)
 
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
@@ -291,10 +322,64 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
             logging_output[name] = value.data
         if self.report_accuracy:
             # over both passes: the ratio n_correct / total is what gets logged
-            mask = target.ne(self.padding_idx)
-            logging_output["n_correct"] = utils.item(lprobs.argmax(1).eq(target).masked_select(mask).sum())
-            logging_output["total"] = utils.item(mask.sum())
+            logging_output["n_correct"] = utils.item(n_correct)
+            logging_output["total"] = utils.item(total)
         return loss, sample_size, logging_output
+
+    def two_pass_losses(self, model, sample):
+        """One training forward over [x; x] -> (the loss to optimise, the label-smoothed CE and
+        NLL summed over both passes, {term name: unweighted term}, argmax hits and real target
+        rows of both passes). Unfused, every term keeps its own graph (bench/term_gradients.py
+        takes each term's gradient from them); fused, only the loss has gradients."""
+        request = self.layer_state_request(model)
+        head_weight = self._fused_head_weight(model)
+        # [x; x] in one forward: two dropout masks, one kernel launch per op. New dicts,
+        # so the caller's sample is never modified.
+        net_input = {
+            k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in sample["net_input"].items()
+        }
+        extra_args = {"layer_states": request} if request is not None else {}
+        if head_weight is not None:
+            extra_args["features_only"] = True
+        net_output = model(**net_input, **extra_args)
+        layer_states = net_output[1].get("layer_states")
+        weights = dict(zip(REG_TERMS, (self.hidden_reg_weight, self.attn_reg_weight, self.output_reg_weight)))
+
+        if head_weight is None:
+            doubled = {**sample, "target": torch.cat([sample["target"], sample["target"]])}
+            lprobs, target = self.get_lprobs_and_target(model, net_output, doubled)  # 2N x V, 2N
+            ce_loss, nll_loss = label_smoothed_nll_loss(lprobs, target, self.eps, ignore_index=self.padding_idx)
+            terms = self.consistency_terms(lprobs, target, layer_states, sample["net_input"], sample["target"])
+            real = target.ne(self.padding_idx)
+            n_correct = lprobs.argmax(1).eq(target).masked_select(real).sum() if self.report_accuracy else None
+        else:
+            features, target = net_output[0], sample["target"]  # 2B x T x C, B x T
+            if self.ignore_prefix_size > 0:
+                features = features[:, self.ignore_prefix_size:, :]
+                target = target[:, self.ignore_prefix_size:]
+            head = fused_output_losses(features.reshape(-1, features.size(-1)), head_weight, target.reshape(-1),
+                                       self.padding_idx, self.eps, self.output_reg_weight, self.report_accuracy)
+            ce_loss, nll_loss, n_correct = head.ce, head.nll, head.n_correct
+            terms = self.consistency_terms(None, None, layer_states, sample["net_input"], sample["target"])
+            real = target.ne(self.padding_idx).repeat(2, 1)
+        loss = ce_loss if head_weight is None else head.loss
+        for name, value in terms.items():
+            loss = loss + weights[name] * value
+        if head_weight is not None and self.output_reg_weight > 0:
+            terms["output_reg"] = head.skl  # for the log; its gradient is in head.loss
+        return loss, ce_loss, nll_loss, terms, n_correct, real.sum()
+
+    def _fused_head_weight(self, model):
+        """The output projection's weight when the fused head computes exactly what the
+        model's output layer and log-softmax give; None (the unfused path) otherwise, with the
+        reason logged once."""
+        if not self.fused_output_head:
+            return None
+        reason = fused_head_unsupported(_unwrap(model))
+        if reason is not None:
+            _log_once(f"fused output head off ({reason}): the 2N x V logits are computed in full")
+            return None
+        return _unwrap(model).decoder.output_projection.weight
 
     def consistency_terms(self, lprobs, target, layer_states, net_input, sample_target):
         """The weighted-in regularization terms (float32 sums over positions)."""
@@ -324,7 +409,7 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
             ]
             if modules:
                 terms["attn_reg"] = attention_consistency(modules, self.attn_distance)
-        if self.output_reg_weight > 0:
+        if self.output_reg_weight > 0 and lprobs is not None:  # None: the fused head computes it
             # target is [t; t]: the mask of pass 1 is that of pass 2
             token_mask = split_passes(target, 0)[0].ne(self.padding_idx)
             terms["output_reg"] = output_consistency(lprobs, token_mask)

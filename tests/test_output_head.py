@@ -1,0 +1,103 @@
+"""The fused output head against the unfused formulas written with autograd: the same values
+and gradients (features and weight), in float32 and float64, with padding, label smoothing,
+blocks that do not divide the rows, and without the output term."""
+import pytest
+import torch
+
+from fairseq_lrdrop.output_head import fused_output_losses
+
+PAD = 1
+
+
+def unfused(features, weight, target, epsilon, output_weight):
+    """Logits, log-softmax over the whole 2N x V, fairseq's label-smoothed loss, R-Drop's SKL."""
+    lprobs = torch.log_softmax((features @ weight.t()).to(torch.promote_types(features.dtype, torch.float32)), -1)
+    both = torch.cat([target, target])
+    real = both.ne(PAD)
+    nll = -lprobs.gather(1, both.clamp_min(0).unsqueeze(1)).squeeze(1)
+    smooth = -lprobs.sum(1)
+    eps_i = epsilon / (lprobs.size(1) - 1)
+    ce = torch.where(real, (1 - epsilon - eps_i) * nll + eps_i * smooth, 0.0).sum()
+    log_p, log_q = lprobs.chunk(2)
+    skl = 0.5 * ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(1)
+    skl = torch.where(target.ne(PAD), skl, 0.0).sum()
+    correct = (lprobs.argmax(1) == both)[real].sum()
+    return ce + output_weight * skl, ce, torch.where(real, nll, 0.0).sum(), skl, correct
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("output_weight,block", [(5.0, 3), (5.0, None), (0.0, 4)])
+def test_fused_head_equals_the_unfused_losses_and_gradients(dtype, tolerance, output_weight, block):
+    torch.manual_seed(0)
+    pairs, channels, vocabulary = 11, 6, 13
+    features = torch.randn(2 * pairs, channels, dtype=dtype, requires_grad=True)
+    weight = torch.randn(vocabulary, channels, dtype=dtype, requires_grad=True)
+    target = torch.randint(2, vocabulary, (pairs,))
+    target[[2, 7, 10]] = PAD
+    fused = fused_output_losses(features, weight, target, PAD, 0.1, output_weight, count_correct=True, block=block)
+    reference = unfused(features, weight, target, 0.1, output_weight)
+    for name, mine, theirs in zip(("loss", "ce", "nll", "skl"), fused[:4], reference[:4]):
+        assert mine.dtype == dtype
+        if name == "skl" and not output_weight:
+            assert mine == 0  # not computed when it has no weight
+            continue
+        torch.testing.assert_close(mine, theirs.detach(), rtol=tolerance, atol=tolerance)
+    assert int(fused.n_correct) == int(reference[4])
+    scale = torch.tensor(3.0, dtype=dtype)  # an incoming gradient, as fp16 loss scaling gives
+    mine = torch.autograd.grad(fused.loss * scale, (features, weight))
+    theirs = torch.autograd.grad(reference[0] * scale, (features, weight))
+    for a, b in zip(mine, theirs):
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+    # padded rows get no gradient, in either pass
+    assert mine[0][[2, 7, 10, pairs + 2, pairs + 7, pairs + 10]].abs().max() == 0
+
+
+def test_fused_head_keeps_half_precision_inputs_in_their_dtype_and_computes_in_float32():
+    torch.manual_seed(1)
+    features = torch.randn(8, 4, dtype=torch.float32)
+    weight = torch.randn(9, 4, dtype=torch.float32)
+    target = torch.randint(2, 9, (4,))
+    half_f = features.to(torch.bfloat16).requires_grad_()
+    half_w = weight.to(torch.bfloat16).requires_grad_()
+    fused = fused_output_losses(half_f, half_w, target, PAD, 0.1, 5.0)
+    reference = unfused(half_f.detach().float(), half_w.detach().float(), target, 0.1, 5.0)
+    assert fused.loss.dtype == torch.float32
+    torch.testing.assert_close(fused.loss, reference[0], rtol=1e-5, atol=1e-5)
+    grad_f, grad_w = torch.autograd.grad(fused.loss, (half_f, half_w))
+    assert grad_f.dtype == grad_w.dtype == torch.bfloat16
+
+
+def test_fused_head_rejects_shapes_that_do_not_fit():
+    with pytest.raises(ValueError, match="do not fit"):
+        fused_output_losses(torch.randn(6, 4), torch.randn(9, 4), torch.zeros(4, dtype=torch.long), PAD, 0.1, 1.0)
+
+
+def test_criterion_uses_the_fused_head_for_the_transformer_and_falls_back_with_a_reason(data_bin, caplog):
+    """lr_drop_transformer's decoder is served by the fused head; a decoder whose output layer
+    is overridden is not: the criterion then takes the unfused path (the same result as
+    --no-fused-output-head) and says why, once."""
+    from conftest import batch, build, criterion_cfg
+
+    from fairseq_lrdrop.criterions.lr_drop_label_smoothed_cross_entropy import fused_head_unsupported
+
+    task, model, fused = build(data_bin, extra=["--hidden-reg-weight", "0.5", "--attn-reg-weight", "0.5"])
+    assert fused.fused_output_head and fused_head_unsupported(model) is None
+    hook = model.decoder.output_projection.register_forward_pre_hook(lambda module, args: None)
+    assert fused_head_unsupported(model) == "the output projection has forward hooks"
+    hook.remove()
+    decoder = model.decoder
+    decoder.__class__ = type("ScaledOutputDecoder", (type(decoder),),
+                             {"output_layer": lambda self, features: 0.5 * self.output_projection(features)})
+    assert fused_head_unsupported(model) == "LRDropTransformerModel overrides output_layer"
+    unfused = task.build_criterion(criterion_cfg("lr_drop_label_smoothed_cross_entropy", hidden_reg_weight=0.5,
+                                                 attn_reg_weight=0.5, no_fused_output_head=True))
+    model.train()
+    sample = batch(task, size=4)
+    losses = []
+    for criterion in (fused, fused, unfused):
+        torch.manual_seed(3)
+        losses.append(criterion(model, sample)[0])
+    assert torch.equal(losses[0], losses[2]) and torch.equal(losses[1], losses[2])
+    notes = [r.getMessage() for r in caplog.records if "fused output head off" in r.getMessage()]
+    assert notes == ["fused output head off (LRDropTransformerModel overrides output_layer): "
+                     "the 2N x V logits are computed in full"]
