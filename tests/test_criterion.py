@@ -392,7 +392,10 @@ def test_activation_checkpointing_keeps_the_exact_loss_and_gradient(data_bin, ar
     dropout at 0.1: the same loss and gradient as without. Before: fairseq's wrapper ran the
     first forward under no_grad, so the attention term had a value but no gradient (relative
     gradient difference 0.9% on a 3+3-layer model), and its recomputation took the fused
-    attention path. Measured: difference 0.0 (bitwise) for both archs."""
+    attention path. Measured: difference 0.0 (bitwise) for both archs. The weights are 1 (not
+    the defaults, 0.1) so that the attention term's share of the gradient is large enough for
+    the last check."""
+    reading = [*reading, "--hidden-reg-weight", "1", "--attn-reg-weight", "1"]
     loss, gradient = _loss_and_gradient(data_bin, arch, reading)
     for flags in (["--checkpoint-activations"], ["--checkpoint-activations", "--offload-activations"],
                   ["--min-params-to-wrap", "1"]):  # (FSDP wrapping size: no wrapping without FSDP)
