@@ -8,8 +8,6 @@ fairseq's label_smoothed_cross_entropy_with_rdrop at rdrop_alpha = gamma); with 
 weights 0 it is stock label_smoothed_cross_entropy (adaptive softmax, which stock cannot train
 with this loss either, is refused with one line).
 """
-import functools
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
@@ -33,10 +31,8 @@ from fairseq_lrdrop.losses import (
     output_consistency,
     split_passes,
 )
-from fairseq_lrdrop.modules.layer_states import ATTENTION_MODULES, HIDDEN_STATE_POINTS, LayerStateRequest
+from fairseq_lrdrop.modules.layer_states import ATTENTION_MODULES, HIDDEN_STATE_POINTS, LayerStateRequest, warn_once
 from fairseq_lrdrop.output_head import fused_output_losses
-
-logger = logging.getLogger(__name__)
 
 REG_TERMS = ("hidden_reg", "attn_reg", "output_reg")
 
@@ -168,11 +164,6 @@ def fused_head_unsupported(model) -> Optional[str]:
     if overridden:
         return f"{type(model).__name__} overrides {overridden[0]}"
     return None
-
-
-@functools.lru_cache(maxsize=None)
-def _log_once(message: str) -> None:
-    logger.warning(message)
 
 
 def _has_quant_noise(linear) -> bool:
@@ -377,7 +368,7 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
             return None
         reason = fused_head_unsupported(_unwrap(model))
         if reason is not None:
-            _log_once(f"fused output head off ({reason}): the 2N x V logits are computed in full")
+            warn_once(f"fused output head off ({reason}): the 2N x V logits are computed in full")
             return None
         return _unwrap(model).decoder.output_projection.weight
 

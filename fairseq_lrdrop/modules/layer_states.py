@@ -140,13 +140,14 @@ def _checkpointed_recording_forward(layer: nn.Module, register_inner: Callable[[
 
     fairseq_forward = layer.forward  # functools.partial(_checkpointed_forward, forward, offload)
     if isinstance(fairseq_forward, functools.partial) and fairseq_forward.args[1:2] == (True,):
-        _warn_once("--offload-activations: layers whose attention maps or FFN outputs LR-Drop records "
+        warn_once("--offload-activations: layers whose attention maps or FFN outputs LR-Drop records "
                    "are checkpointed without moving their inputs to the CPU (same gradient, less saving)")
     return forward
 
 
 @functools.lru_cache(maxsize=None)
-def _warn_once(message: str) -> None:
+def warn_once(message: str) -> None:
+    """Log a warning the first time this exact message comes (the criterion's notices too)."""
     logger.warning(message)
 
 
