@@ -2,11 +2,13 @@
 
     python bench/plot.py curves NAME=train.log [NAME=train.log ...] --out curves.png
     python bench/plot.py speed bench/speed-small-cpu.json --out speed.png
+    python bench/plot.py speed old.json new.json --labels "before,after" --out speed.png
 
 `curves` reads logs written with `--log-format json` (stdout or --log-file) and draws, per
 configuration, every logged training term (loss, hidden_reg, attn_reg, output_reg) against
 updates, and the validation loss. `speed` draws step time and peak memory bars from the JSON
-that bench/speed.py writes.
+that bench/speed.py writes; given several, it groups the bars by configuration, one colour per
+file (e.g. a run before a change next to one after it).
 """
 import argparse
 import json
@@ -81,18 +83,26 @@ def plot_curves(runs, out):
     fig.savefig(out, dpi=110)
 
 
-def plot_speed(path, out):
-    result = json.loads(Path(path).read_text())
-    names = list(result["rows"])
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    for ax, key, label in ((axes[0], "step_ms", "median step time (ms)"),
+def plot_speed(paths, labels, out):
+    results = [json.loads(Path(path).read_text()) for path in paths]
+    names = list(dict.fromkeys(name for result in results for name in result["rows"]))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(names) * len(results) ** 0.5 + 2), 3.4))
+    width = 0.8 / len(results)
+    for ax, key, title in ((axes[0], "step_ms", "median step time (ms)"),
                            (axes[1], "peak_mib", "peak memory (MiB)")):
-        values = [result["rows"][n][key] for n in names]
-        bars = ax.bar(names, values, color=["#888888", "#4c72b0", "#dd8452"][: len(names)])
-        ax.bar_label(bars, fmt="%.0f")
+        for index, (result, label) in enumerate(zip(results, labels)):
+            shown = [n for n in names if n in result["rows"]]
+            positions = [names.index(n) + (index - (len(results) - 1) / 2) * width for n in shown]
+            colors = f"C{index}" if len(results) > 1 else ["#888888", "#4c72b0", "#dd8452", "#55a868", "#8172b3"]
+            bars = ax.bar(positions, [result["rows"][n][key] for n in shown], width=width, label=label, color=colors)
+            ax.bar_label(bars, fmt="%.0f", fontsize=7)
+        ax.set_xticks(range(len(names)), names, fontsize=8)
         ax.margins(y=0.15)
-        ax.set_title(label, fontsize=9)
-    fig.suptitle(f"{result['preset']} preset, {result['device']} ({result['machine']}), {result['dtype']}", fontsize=9)
+        ax.set_title(title, fontsize=9)
+    if len(results) > 1:
+        axes[0].legend(fontsize=8)
+    first = results[0]
+    fig.suptitle(f"{first['preset']} preset, {first['device']} ({first['machine']}), {first['dtype']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
@@ -103,8 +113,9 @@ def main():
     curves = sub.add_parser("curves", help="training curves from fairseq json logs")
     curves.add_argument("runs", nargs="+", metavar="NAME=LOG")
     curves.add_argument("--out", required=True)
-    speed = sub.add_parser("speed", help="bars from bench/speed.py JSON")
-    speed.add_argument("json")
+    speed = sub.add_parser("speed", help="bars from bench/speed.py JSON (several: side by side)")
+    speed.add_argument("json", nargs="+")
+    speed.add_argument("--labels", default=None, help="comma-separated, one per JSON (default: the file names)")
     speed.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.command == "curves":
@@ -116,9 +127,13 @@ def main():
             runs.append((name, path))
         plot_curves(runs, args.out)
     else:
-        if not Path(args.json).is_file():
-            sys.exit(f"error: {args.json} does not exist; run bench/speed.py --json {args.json} first")
-        plot_speed(args.json, args.out)
+        missing = [path for path in args.json if not Path(path).is_file()]
+        if missing:
+            sys.exit(f"error: {missing[0]} does not exist; run bench/speed.py --json {missing[0]} first")
+        labels = args.labels.split(",") if args.labels else [Path(path).stem for path in args.json]
+        if len(labels) != len(args.json):
+            sys.exit(f"error: --labels names {len(labels)} runs for {len(args.json)} JSON files; give one label per file")
+        plot_speed(args.json, labels, args.out)
     print(f"wrote {args.out}")
 
 

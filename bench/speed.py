@@ -9,6 +9,9 @@ same initial weights:
   baseline  stock label_smoothed_cross_entropy, one pass
   rdrop     fairseq's label_smoothed_cross_entropy_with_rdrop (rdrop_alpha 5)
   lrdrop    lr_drop_label_smoothed_cross_entropy, all three terms on
+  (optional) lrdrop_unfused: the same with --no-fused-output-head; plain: the plugin criterion
+            with every weight 0 (one pass through the fused output head), against baseline;
+            rdrop_plugin (0, 0, 5) and lrdrop_no_attention (1, 0, 5): what each part adds
 Step = forward + backward + optimizer step. Steps are interleaved round-robin across the
 configurations so that machine noise hits them alike; the median is reported. Peak memory:
 CUDA peak allocated on a GPU; on CPU the peak resident set of a fresh process that builds one
@@ -54,6 +57,15 @@ CRITERIA = {
     # the same loss with the 2N x V logits held in full (the output head before the fused one)
     "lrdrop_unfused": ["--criterion", "lr_drop_label_smoothed_cross_entropy", "--hidden-reg-weight", "1",
                        "--attn-reg-weight", "1", "--output-reg-weight", "5", "--no-fused-output-head"],
+    # where LR-Drop's memory goes: two passes through the fused head with no layer states (R-Drop
+    # in the plugin), then the hidden-state term without the attention maps
+    "rdrop_plugin": ["--criterion", "lr_drop_label_smoothed_cross_entropy", "--hidden-reg-weight", "0",
+                     "--attn-reg-weight", "0", "--output-reg-weight", "5"],
+    "lrdrop_no_attention": ["--criterion", "lr_drop_label_smoothed_cross_entropy", "--hidden-reg-weight", "1",
+                            "--attn-reg-weight", "0", "--output-reg-weight", "5"],
+    # plain training through the plugin: one pass, its output layer and loss in the fused head
+    "plain": ["--criterion", "lr_drop_label_smoothed_cross_entropy", "--hidden-reg-weight", "0",
+              "--attn-reg-weight", "0", "--output-reg-weight", "0"],
 }
 DEFAULT_CONFIGS = ("baseline", "rdrop", "lrdrop")
 
@@ -216,6 +228,11 @@ def main():
     if unknown or not names:
         parser.error(f"--configs: unknown configuration {unknown[0] if unknown else '(none)'}; "
                      f"choose from {','.join(CRITERIA)}")
+    # CPU peak memory first, one fresh process per configuration, while this process holds
+    # nothing: with every configuration built here (wmt shapes: several GB each) a second
+    # process measuring R-Drop's 13 GB would not fit in 24 GB
+    cpu_peaks = {name: cpu_peak_rss_delta(name, args.preset, dtype, extra)
+                 for name in names} if device.type == "cpu" else {}
     configs = [Config(name, args.preset, device, dtype, extra) for name in names]
     for _ in range(args.warmup):
         for config in configs:
@@ -236,7 +253,7 @@ def main():
             sync(device)
             peak = torch.cuda.max_memory_allocated() / 2**20
         else:
-            peak = cpu_peak_rss_delta(config.name, args.preset, dtype, extra)
+            peak = cpu_peaks[config.name]
         median = statistics.median(config.times)
         rows[config.name] = {"step_ms": 1000 * median, "tokens_per_s": config.sample["ntokens"] / median,
                              "peak_mib": peak}
@@ -250,6 +267,8 @@ def main():
         "lrdrop/baseline memory": ("lrdrop", "baseline", "peak_mib"),
         "lrdrop/lrdrop_unfused step": ("lrdrop", "lrdrop_unfused", "step_ms"),
         "lrdrop/lrdrop_unfused memory": ("lrdrop", "lrdrop_unfused", "peak_mib"),
+        "plain/baseline step": ("plain", "baseline", "step_ms"),
+        "plain/baseline memory": ("plain", "baseline", "peak_mib"),
     }.items():
         if top in rows and bottom in rows:
             ratios[label] = rows[top][field] / rows[bottom][field]

@@ -1,12 +1,13 @@
 """The fused output head of the [x; x] forward: from the decoder's features and the output
 projection's weight to the label-smoothed cross-entropy of both passes and R-Drop's output
 term, without ever holding a 2N x V tensor (logits, log-probabilities or their gradients).
+It serves plain training's single pass too (N x V, no output term).
 
 Rows are taken in blocks of pairs (row i of pass 1 with row i of pass 2, which the output term
-compares). For each block: logits in float32 (float64 for float64 inputs), log-softmax,
-the loss, and the gradient of the loss with respect to the logits, which is immediately
-turned into this block's share of the gradients of the features (2b x C) and of the weight
-(V x C, accumulated). Both gradients are kept from the forward, and backward only scales them
+compares; with one pass, blocks of rows). For each block: logits in float32 (float64 for
+float64 inputs), log-softmax, the loss, and the gradient of the loss with respect to the
+logits, which is immediately turned into this block's share of the gradients of the features
+(2b x C) and of the weight (V x C, accumulated). Both gradients are kept from the forward, and backward only scales them
 by the incoming gradient (which carries fp16 loss scaling): the logits are computed once.
 Liger Kernel's fused linear cross-entropy does the same (its blocks hold about as many logits
 as the features have elements); Cut Cross-Entropy recomputes the logits in backward instead,
@@ -33,11 +34,11 @@ from torch.autograd.function import once_differentiable
 _CPU_BLOCK_LOGITS = 2**21
 
 
-def pairs_per_block(pairs: int, channels: int, vocabulary: int, device: torch.device) -> int:
-    """How many row pairs one block takes."""
+def pairs_per_block(pairs: int, channels: int, vocabulary: int, device: torch.device, passes: int = 2) -> int:
+    """How many row pairs (rows, with one pass) one block takes."""
     if device.type == "cpu":
-        return max(1, _CPU_BLOCK_LOGITS // (2 * vocabulary))
-    return max(1, min(pairs, (2 * pairs * channels) // (2 * vocabulary)))
+        return max(1, _CPU_BLOCK_LOGITS // (passes * vocabulary))
+    return max(1, min(pairs, (pairs * channels) // vocabulary))
 
 
 class HeadLosses(NamedTuple):
@@ -53,6 +54,7 @@ class _FusedHead(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, weight, target, padding_idx, epsilon, output_weight, block, count_correct):
         pairs = target.numel()
+        passes = features.size(0) // max(pairs, 1)  # 2: the [x; x] forward, 1: a plain one
         vocabulary = weight.size(0)
         wide = torch.promote_types(features.dtype, torch.float32)
         w = weight.to(wide)
@@ -65,11 +67,12 @@ class _FusedHead(torch.autograd.Function):
         for start in range(0, pairs, block):
             rows = slice(start, min(start + block, pairs))
             size = rows.stop - rows.start
-            x = torch.cat([features[rows], features[pairs + rows.start:pairs + rows.stop]]).to(wide)  # 2b x C
+            pass_rows = [slice(k * pairs + rows.start, k * pairs + rows.stop) for k in range(passes)]
+            x = (features[rows] if passes == 1 else torch.cat([features[r] for r in pass_rows])).to(wide)  # 2b x C
             t = target[rows]
             real = t.ne(padding_idx)
-            real2 = torch.cat([real, real])
-            t2 = torch.cat([t, t]).masked_fill(~real2, 0).unsqueeze(1)
+            real2 = real.repeat(passes)
+            t2 = t.repeat(passes).masked_fill(~real2, 0).unsqueeze(1)
             logp = torch.log_softmax(x @ w.t(), dim=-1)  # 2b x V
             nll = -logp.gather(1, t2).squeeze(1)
             smooth = -logp.sum(1)
@@ -77,8 +80,8 @@ class _FusedHead(torch.autograd.Function):
             sums[1] += torch.where(real2, nll, 0.0).sum()
             if count_correct:
                 n_correct += (logp.argmax(1) == t2.squeeze(1))[real2].sum()
-            grad_z = logp.exp()  # p; q
             if output_weight:
+                grad_z = logp.exp()  # p; q
                 p, q = grad_z[:size], grad_z[size:]
                 log_ratio = logp[:size] - logp[size:]
                 p_log_ratio, q_log_ratio = p * log_ratio, q * log_ratio
@@ -90,12 +93,14 @@ class _FusedHead(torch.autograd.Function):
                 grad_z[:size] += skl_p
                 grad_z[size:] += skl_q
             else:
+                grad_z = logp.exp_()  # p, in place: the log-probabilities are not needed any more
                 grad_z.mul_(keep + vocabulary * eps_i).sub_(eps_i)
             grad_z.scatter_add_(1, t2, grad_z.new_full(t2.shape, -keep))
-            grad_z.mul_(real2.unsqueeze(1))
+            if not bool(real2.all()):
+                grad_z[~real2] = 0  # padded rows get and give no gradient (only their rows are written)
             grad_x = grad_z @ w  # 2b x C
-            grad_features[rows] = grad_x[:size]
-            grad_features[pairs + rows.start:pairs + rows.stop] = grad_x[size:]
+            for k, r in enumerate(pass_rows):
+                grad_features[r] = grad_x[k * size:(k + 1) * size]
             grad_weight.addmm_(grad_z.t(), x)
         ctx.save_for_backward(grad_features, grad_weight)
         ctx.dtypes = (features.dtype, weight.dtype)
@@ -119,14 +124,19 @@ def fused_output_losses(features: Tensor, weight: Tensor, target: Tensor, paddin
     """Label-smoothed CE of both passes + output_weight * SKL(pass 1 || pass 2), fused with
     the output projection.
 
-    features: 2N x C decoder features, rows of pass 1 then the same rows of pass 2.
+    features: 2N x C decoder features, rows of pass 1 then the same rows of pass 2; or N x C,
+    one pass (plain training: output_weight must be 0).
     weight: V x C output projection (no bias). target: N, the target of ONE pass.
     block: row pairs per block (default: pairs_per_block).
     """
     pairs = target.numel()
-    if features.dim() != 2 or features.size(0) != 2 * pairs or weight.dim() != 2 or weight.size(1) != features.size(1):
+    if (features.dim() != 2 or features.size(0) not in (pairs, 2 * pairs) or weight.dim() != 2
+            or weight.size(1) != features.size(1)):
         raise ValueError(f"features {tuple(features.shape)}, weight {tuple(weight.shape)} and target "
-                         f"{tuple(target.shape)} do not fit (2N x C, V x C, N)")
-    block = block or pairs_per_block(pairs, features.size(1), weight.size(0), features.device)
+                         f"{tuple(target.shape)} do not fit (2N x C or N x C, V x C, N)")
+    if features.size(0) == pairs and output_weight and pairs:
+        raise ValueError("the output term compares two passes: one pass (N x C features) takes output_weight 0")
+    block = block or pairs_per_block(pairs, features.size(1), weight.size(0), features.device,
+                                     passes=features.size(0) // max(pairs, 1) or 2)
     return HeadLosses(*_FusedHead.apply(features, weight, target, padding_idx, float(epsilon),
                                         float(output_weight), block, count_correct))

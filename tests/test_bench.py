@@ -24,6 +24,16 @@ def test_speed_benchmark_reports_every_configuration(tmp_path):
     png = tmp_path / "speed.png"
     subprocess.run([sys.executable, REPO / "bench" / "plot.py", "speed", out, "--out", png], check=True)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # two runs side by side (before / after a change), and a label count that does not fit
+    pair = tmp_path / "pair.png"
+    subprocess.run([sys.executable, REPO / "bench" / "plot.py", "speed", out, out, "--labels", "before,after",
+                    "--out", pair], check=True)
+    width = lambda path: int.from_bytes(path.read_bytes()[16:20], "big")  # the PNG header's IHDR width
+    assert pair.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and width(pair) > width(png)  # wider: bars in groups
+    bad = subprocess.run([sys.executable, REPO / "bench" / "plot.py", "speed", out, out, "--labels", "one",
+                          "--out", tmp_path / "bad.png"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--labels names 1 runs for 2 JSON files" in bad.stderr
+    assert not (tmp_path / "bad.png").exists()
 
 
 def test_curves_from_fairseq_json_logs(tmp_path):

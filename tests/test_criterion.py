@@ -17,17 +17,40 @@ def _loss(criterion, model, sample, seed=123):
     return criterion(model, sample)
 
 
-def test_all_weights_zero_equals_stock_label_smoothed_cross_entropy(data_bin):
-    task, model, lrdrop = build(data_bin, dropout=0.0, extra=[
-        "--hidden-reg-weight", "0", "--attn-reg-weight", "0", "--output-reg-weight", "0"])
-    stock = task.build_criterion(criterion_cfg("label_smoothed_cross_entropy"))
-    sample = batch(task)
+@pytest.mark.parametrize("extra", [
+    [],
+    ["--share-decoder-input-output-embed", "--report-accuracy"],
+    ["--ignore-prefix-size", "1", "--sentence-avg", "--report-accuracy"],
+])
+def test_all_weights_zero_equals_stock_label_smoothed_cross_entropy(data_bin, extra):
+    """Plain training through the plugin (the fused head, one pass) gives stock's loss, logged
+    values and gradients on the same dropout masks; validation is stock's code."""
+    zero = ["--hidden-reg-weight", "0", "--attn-reg-weight", "0", "--output-reg-weight", "0"]
+    task, model, lrdrop = build(data_bin, dropout=0.1, extra=[*zero, *extra])
+    stock_fields = {"ignore_prefix_size": int("--ignore-prefix-size" in extra),
+                    "sentence_avg": "--sentence-avg" in extra, "report_accuracy": "--report-accuracy" in extra}
+    stock = task.build_criterion(criterion_cfg("label_smoothed_cross_entropy", **stock_fields))
+    sample = batch(task, "train", size=8)
     model.train()
-    loss, size, log = _loss(lrdrop, model, sample)
-    ref_loss, ref_size, ref_log = _loss(stock, model, sample)
-    assert size == ref_size == sample["ntokens"]
-    assert torch.allclose(loss, ref_loss) and torch.allclose(log["nll_loss"], ref_log["nll_loss"])
-    assert not any(term in log for term in TERMS)
+    results = []
+    for criterion in (lrdrop, stock):
+        model.zero_grad()
+        loss, size, log = _loss(criterion, model, sample)
+        loss.backward()
+        results.append((loss.detach(), size, log, [p.grad.clone() for p in model.parameters()]))
+    (loss, size, log, grads), (ref_loss, ref_size, ref_log, ref_grads) = results
+    assert size == ref_size == (8 if "--sentence-avg" in extra else sample["ntokens"])
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["loss"], ref_log["loss"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["nll_loss"], ref_log["nll_loss"], rtol=1e-5, atol=1e-5)
+    assert float(loss) > 0 and not any(term in log for term in TERMS)
+    if "--report-accuracy" in extra:
+        assert (log["n_correct"], log["total"]) == (ref_log["n_correct"], ref_log["total"])
+        assert log["total"] == sample["target"][:, stock_fields["ignore_prefix_size"]:].ne(task.target_dictionary.pad()).sum()
+    for mine, theirs in zip(grads, ref_grads):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+    model.eval()
+    assert torch.equal(lrdrop(model, sample)[0], stock(model, sample)[0])
 
 
 def test_output_term_only_is_r_drop(data_bin):

@@ -67,9 +67,37 @@ def test_fused_head_keeps_half_precision_inputs_in_their_dtype_and_computes_in_f
     assert grad_f.dtype == grad_w.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("block", [3, None])
+def test_fused_head_serves_one_pass_as_stock_label_smoothed_cross_entropy(dtype, tolerance, block):
+    """Plain training: N x C features, fairseq's own label_smoothed_nll_loss on the full
+    log-softmax as the reference."""
+    from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+
+    torch.manual_seed(2)
+    rows, channels, vocabulary = 10, 5, 17
+    features = torch.randn(rows, channels, dtype=dtype, requires_grad=True)
+    weight = torch.randn(vocabulary, channels, dtype=dtype, requires_grad=True)
+    target = torch.randint(2, vocabulary, (rows,))
+    target[[0, 9]] = PAD
+    fused = fused_output_losses(features, weight, target, PAD, 0.1, 0.0, count_correct=True, block=block)
+    lprobs = torch.log_softmax(features @ weight.t(), -1)
+    ce, nll = label_smoothed_nll_loss(lprobs, target, 0.1, ignore_index=PAD)
+    torch.testing.assert_close(fused.loss, ce.detach(), rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(fused.nll, nll.detach(), rtol=tolerance, atol=tolerance)
+    real = target.ne(PAD)
+    assert int(fused.n_correct) == int((lprobs.argmax(1) == target)[real].sum())
+    mine = torch.autograd.grad(fused.loss * 2.0, (features, weight))
+    theirs = torch.autograd.grad(ce * 2.0, (features, weight))
+    for a, b in zip(mine, theirs):
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+
+
 def test_fused_head_rejects_shapes_that_do_not_fit():
     with pytest.raises(ValueError, match="do not fit"):
         fused_output_losses(torch.randn(6, 4), torch.randn(9, 4), torch.zeros(4, dtype=torch.long), PAD, 0.1, 1.0)
+    with pytest.raises(ValueError, match="one pass .* takes output_weight 0"):
+        fused_output_losses(torch.randn(4, 4), torch.randn(9, 4), torch.zeros(4, dtype=torch.long), PAD, 0.1, 1.0)
 
 
 def test_criterion_uses_the_fused_head_for_the_transformer_and_falls_back_with_a_reason(data_bin, caplog):
@@ -100,4 +128,4 @@ def test_criterion_uses_the_fused_head_for_the_transformer_and_falls_back_with_a
     assert torch.equal(losses[0], losses[2]) and torch.equal(losses[1], losses[2])
     notes = [r.getMessage() for r in caplog.records if "fused output head off" in r.getMessage()]
     assert notes == ["fused output head off (LRDropTransformerModel overrides output_layer): "
-                     "the 2N x V logits are computed in full"]
+                     "the logits are computed in full"]

@@ -5,8 +5,9 @@
 Training runs ONE forward over the concatenated batch [x; x] (two dropout masks). Validation
 and inference run the stock single pass. With alpha = beta = 0 this is R-Drop (and equals
 fairseq's label_smoothed_cross_entropy_with_rdrop at rdrop_alpha = gamma); with all three
-weights 0 it is stock label_smoothed_cross_entropy (adaptive softmax, which stock cannot train
-with this loss either, is refused with one line).
+weights 0 it is stock label_smoothed_cross_entropy, trained through the fused output head
+where it serves the model (adaptive softmax, which stock cannot train with this loss either,
+is refused with one line).
 """
 import math
 from dataclasses import dataclass, field
@@ -74,9 +75,10 @@ class LRDropLabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionCo
     )
     no_fused_output_head: bool = field(
         default=False,
-        metadata={"help": "compute the output projection, log-softmax and losses of the [x; x] "
-                  "forward unfused, holding the 2N x V logits in full (by default the fused head "
-                  "computes them in blocks of rows, wherever it gives the unfused result)"},
+        metadata={"help": "compute the output projection, log-softmax and losses of the training "
+                  "forward unfused, holding the logits in full (2N x V for [x; x], N x V in plain "
+                  "training; by default the fused head computes them in blocks of rows, wherever "
+                  "it gives the unfused result)"},
     )
     attn_distance: ChoiceEnum(sorted(ATTENTION_DISTANCES)) = field(
         default="skl",
@@ -288,8 +290,10 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
         if model.training and not self._setup_checked:
             _check_training_setup(model, self.two_passes)
             self._setup_checked = True
-        if not (model.training and self.two_passes):
+        if not model.training:
             return super().forward(model, sample, reduce=reduce)
+        if not self.two_passes:
+            return self.one_pass_forward(model, sample, reduce)
         if not reduce:
             # the hidden-state and attention terms are sums over layers and source positions:
             # they have no per-target-token share to spread over fairseq's unreduced rows
@@ -316,6 +320,33 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
             logging_output["n_correct"] = utils.item(n_correct)
             logging_output["total"] = utils.item(total)
         return loss, sample_size, logging_output
+
+    def one_pass_forward(self, model, sample, reduce=True):
+        """Plain training (every weight 0): stock label_smoothed_cross_entropy, with the output
+        projection, log-softmax and loss computed by the fused head (no N x V tensor held)
+        where it serves the model and the loss is reduced; the stock code otherwise."""
+        head_weight = self._fused_head_weight(model) if reduce else None
+        if head_weight is None:
+            return super().forward(model, sample, reduce=reduce)
+        features = model(**sample["net_input"], features_only=True)[0]  # B x T x C
+        target = sample["target"]
+        if self.ignore_prefix_size > 0:
+            features = features[:, self.ignore_prefix_size:, :]
+            target = target[:, self.ignore_prefix_size:]
+        head = fused_output_losses(features.reshape(-1, features.size(-1)), head_weight, target.reshape(-1),
+                                   self.padding_idx, self.eps, 0.0, self.report_accuracy)
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output = {
+            "loss": head.ce.data,
+            "nll_loss": head.nll.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+        }
+        if self.report_accuracy:
+            logging_output["n_correct"] = utils.item(head.n_correct)
+            logging_output["total"] = utils.item(target.ne(self.padding_idx).sum())
+        return head.loss, sample_size, logging_output
 
     def two_pass_losses(self, model, sample):
         """One training forward over [x; x] -> (the loss to optimise, the label-smoothed CE and
@@ -368,7 +399,7 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
             return None
         reason = fused_head_unsupported(_unwrap(model))
         if reason is not None:
-            warn_once(f"fused output head off ({reason}): the 2N x V logits are computed in full")
+            warn_once(f"fused output head off ({reason}): the logits are computed in full")
             return None
         return _unwrap(model).decoder.output_projection.weight
 
