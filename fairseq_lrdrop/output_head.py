@@ -35,10 +35,14 @@ _CPU_BLOCK_LOGITS = 2**21
 
 
 def pairs_per_block(pairs: int, channels: int, vocabulary: int, device: torch.device, passes: int = 2) -> int:
-    """How many row pairs (rows, with one pass) one block takes."""
+    """How many row pairs (rows, with one pass) one block takes: at most the rule's size, and
+    the rows split evenly (576 rows at 524 a block: 2 blocks of 288, not 524 + 52)."""
     if device.type == "cpu":
-        return max(1, _CPU_BLOCK_LOGITS // (passes * vocabulary))
-    return max(1, min(pairs, (pairs * channels) // vocabulary))
+        largest = max(1, _CPU_BLOCK_LOGITS // (passes * vocabulary))
+    else:
+        largest = max(1, min(pairs, (pairs * channels) // vocabulary))
+    blocks = -(-pairs // largest)  # ceil
+    return max(1, -(-pairs // max(blocks, 1)))
 
 
 class HeadLosses(NamedTuple):

@@ -210,3 +210,13 @@ def test_report_reads_valid_losses_and_training_time_of_a_resumed_log(tmp_path):
             {"epoch": 2, "valid_loss": "6.1", "valid_nll_loss": "5.6"}]
     log.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
     assert report.read_log(log) == ([(1, 6.5), (2, 6.1)], 79, {1: 6.0, 2: 5.6})
+
+
+def test_output_head_benchmark_times_stock_and_fused_heads():
+    proc = subprocess.run([sys.executable, REPO / "bench" / "output_head.py", "--shapes", "small", "--passes", "2",
+                           "--repeats", "1", "--threads", "1", "--blocks", "100"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("small: 576 rows x 2 pass(es), C 128, V 4000, 1 threads")
+    assert [line.split("  ")[0].strip() for line in lines[1:]] == ["stock", "fused (192 a block)", "fused (100 a block)"]
+    assert lines[1].endswith("(1.000 x stock)")

@@ -4,7 +4,7 @@ blocks that do not divide the rows, and without the output term."""
 import pytest
 import torch
 
-from fairseq_lrdrop.output_head import fused_output_losses
+from fairseq_lrdrop.output_head import fused_output_losses, pairs_per_block
 
 PAD = 1
 
@@ -91,6 +91,19 @@ def test_fused_head_serves_one_pass_as_stock_label_smoothed_cross_entropy(dtype,
     theirs = torch.autograd.grad(ce * 2.0, (features, weight))
     for a, b in zip(mine, theirs):
         torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+
+
+def test_blocks_split_the_rows_evenly_within_the_size_rule():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert pairs_per_block(576, 128, 4000, cpu, passes=1) == 288  # 2^21 // 4000 = 524: 2 blocks
+    assert pairs_per_block(576, 128, 4000, cpu, passes=2) == 192  # 262 a block at most: 3 blocks
+    assert pairs_per_block(4096, 512, 32000, gpu) == 64  # Liger's rule: 65 at most, 64 blocks
+    for pairs in (1, 7, 100, 1000, 5000):
+        for device, largest in ((cpu, 2**21 // (2 * 3000)), (gpu, max(1, min(pairs, pairs * 64 // 3000)))):
+            block = pairs_per_block(pairs, 64, 3000, device)
+            blocks = -(-pairs // block)
+            assert 1 <= block <= largest and blocks == -(-pairs // largest)  # no more blocks than the rule needs
+            assert block * (blocks - 1) < pairs  # and none of them empty
 
 
 def test_fused_head_rejects_shapes_that_do_not_fit():
