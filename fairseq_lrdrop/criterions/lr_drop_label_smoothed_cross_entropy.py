@@ -329,12 +329,7 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
         if head_weight is None:
             return super().forward(model, sample, reduce=reduce)
         features = model(**sample["net_input"], features_only=True)[0]  # B x T x C
-        target = sample["target"]
-        if self.ignore_prefix_size > 0:
-            features = features[:, self.ignore_prefix_size:, :]
-            target = target[:, self.ignore_prefix_size:]
-        head = fused_output_losses(features.reshape(-1, features.size(-1)), head_weight, target.reshape(-1),
-                                   self.padding_idx, self.eps, 0.0, self.report_accuracy)
+        head, target = self._fused_head(features, head_weight, sample["target"], output_weight=0.0)
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
             "loss": head.ce.data,
@@ -375,12 +370,7 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
             real = target.ne(self.padding_idx)
             n_correct = lprobs.argmax(1).eq(target).masked_select(real).sum() if self.report_accuracy else None
         else:
-            features, target = net_output[0], sample["target"]  # 2B x T x C, B x T
-            if self.ignore_prefix_size > 0:
-                features = features[:, self.ignore_prefix_size:, :]
-                target = target[:, self.ignore_prefix_size:]
-            head = fused_output_losses(features.reshape(-1, features.size(-1)), head_weight, target.reshape(-1),
-                                       self.padding_idx, self.eps, self.output_reg_weight, self.report_accuracy)
+            head, target = self._fused_head(net_output[0], head_weight, sample["target"], self.output_reg_weight)
             ce_loss, nll_loss, n_correct = head.ce, head.nll, head.n_correct
             terms = self.consistency_terms(None, None, layer_states, sample["net_input"], sample["target"])
             real = target.ne(self.padding_idx).repeat(2, 1)
@@ -390,6 +380,16 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
         if head_weight is not None and self.output_reg_weight > 0:
             terms["output_reg"] = head.skl  # for the log; its gradient is in head.loss
         return loss, ce_loss, nll_loss, terms, n_correct, real.sum()
+
+    def _fused_head(self, features, head_weight, target, output_weight):
+        """The fused head on the decoder's features (P*B x T x C for P passes) and the target of
+        one pass (B x T), after --ignore-prefix-size -> (HeadLosses, the target it scored)."""
+        if self.ignore_prefix_size > 0:
+            features = features[:, self.ignore_prefix_size:, :]
+            target = target[:, self.ignore_prefix_size:]
+        head = fused_output_losses(features.reshape(-1, features.size(-1)), head_weight, target.reshape(-1),
+                                   self.padding_idx, self.eps, output_weight, self.report_accuracy)
+        return head, target
 
     def _fused_head_weight(self, model):
         """The output projection's weight when the fused head computes exactly what the
