@@ -3,9 +3,12 @@
 # make bench  CPU speed/memory benchmark (bench/speed.py)
 #
 # Knobs: PYTHON (interpreter that creates the venv, default python3), VENV (default .venv),
-#        PYTEST_ARGS (extra pytest arguments).
+#        PYTEST_ARGS (extra pytest arguments), TEST_WORKERS (pytest-xdist processes, default 2:
+#        the tests are mostly single-threaded fairseq subprocesses, so two keep 2 cores busy;
+#        each test file runs whole on one worker).
 PYTHON ?= python3
 VENV ?= .venv
+TEST_WORKERS ?= 2
 PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 FAIRSEQ_VERSION := 0.12.3.1
@@ -28,7 +31,7 @@ $(STAMP): requirements.txt setup.py Makefile
 	touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/ddtp/demo.sh

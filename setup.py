@@ -20,7 +20,7 @@ setup(
         "sentencepiece>=0.1.99",
     ],
     extras_require={
-        "examples": ["sacremoses", "rouge-score", "matplotlib", "tensorboardX"],
-        "test": ["pytest", "hypothesis"],
+        "examples": ["sacremoses", "rouge-score", "matplotlib", "tensorboardX", "scikit-learn", "scipy"],
+        "test": ["pytest", "pytest-xdist", "hypothesis"],
     },
 )

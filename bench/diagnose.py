@@ -61,7 +61,7 @@ def model_measures(checkpoint: str, data_bin: str, subset: str, max_tokens: int)
     from fairseq import checkpoint_utils, utils
 
     import fairseq_lrdrop  # noqa: F401  (the lr_drop_* archs and checkpoint loading)
-    from fairseq_lrdrop.modules.layer_states import ATTENTION_MODULES, LayerStateRequest, recording_layer_states
+    from fairseq_lrdrop.modules.layer_states import ATTENTION_MODULES, LayerStateRequest, layer_stacks, recording_layer_states
 
     (model,), _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": data_bin})
     model.eval()
@@ -84,7 +84,7 @@ def model_measures(checkpoint: str, data_bin: str, subset: str, max_tokens: int)
     with torch.no_grad():
         for sample in batches:
             net_input = sample["net_input"]
-            with recording_layer_states(model.encoder.layers, model.decoder.layers, request) as states:
+            with recording_layer_states(layer_stacks(model), request) as states:
                 net_output = model(**net_input)
             source = net_input["src_tokens"].ne(pad)  # B x S
             target_in = net_input["prev_output_tokens"].ne(pad)  # B x T

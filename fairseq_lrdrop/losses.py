@@ -98,6 +98,15 @@ def output_consistency(lprobs: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, kl, 0.0).sum()
 
 
+def regression_consistency(predictions: Tensor) -> Tensor:
+    """R-Drop's output term for a regression head (STS-B): sum over examples of (y1 - y2)^2.
+
+    predictions: 2B values, the B of pass 1 then the same B of pass 2.
+    """
+    first, second = split_passes(_wide(predictions), 0)
+    return (first - second).pow(2).sum()
+
+
 class _SquaredDistance(torch.autograd.Function):
     """T x 2B x C states [h1, h2] -> T x B mean over C of (h1 - h2)^2, in float32 or wider.
 

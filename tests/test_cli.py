@@ -84,7 +84,7 @@ def test_stock_model_with_lr_drop_criterion_is_one_clear_error(data_bin, tmp_pat
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     (line,) = [l for l in proc.stderr.splitlines() if "fairseq_lrdrop: error" in l]
-    assert "use --arch lr_drop_transformer" in line
+    assert "use --arch lr_drop_<stock arch name> (lr_drop_transformer, " in line
     assert not list(tmp_path.glob("*.pt"))
 
 

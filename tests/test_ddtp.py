@@ -385,3 +385,70 @@ def test_pick_apt_source_deb822_and_oneline(tmp_path):
     stanza = ddtp.apt_source_stanza("http://one.example/debian", "bookworm", arch="amd64")
     assert "Languages: en de\n" in stanza and "Targets: Packages Translations\n" in stanza
     assert ddtp.pick_apt_source([]) is None
+
+
+# ------------------------------------------------------------------ classification tasks
+def _with_sections(sample, tmp_path):
+    sections = {"foo": "utils", "foo-data": "contrib/utils", "libfoo1": "libs", "bar": "net", "longone": "net"}
+    text = "".join(
+        para + ("\nSection: %s" % sections[para.split("\n")[0].split(": ")[1]]) + "\n\n"
+        for para in PACKAGES.strip().split("\n\n")
+    )
+    return _write(tmp_path / "Packages", text)
+
+
+def test_classification_labels_are_sections_split_by_source(sample, tmp_path):
+    pk = _with_sections(sample, tmp_path)
+    en = ddtp.read_translation([sample["en"]], "en")
+    examples, stats = ddtp.classification_examples(en, ddtp.read_sections([pk]), max_words=100)
+    labels = {pkgs[0]: label for _, pkgs, _, label in examples}
+    # contrib/utils -> utils; qux has no Packages entry; longone's 151 words exceed 100
+    assert labels == {"foo": "utils", "foo-data": "utils", "libfoo1": "libs", "bar": "net"}
+    assert stats["no_section"] == 1 and stats["dropped_length"] == 1
+    text = {pkgs[0]: t for _, pkgs, t, _ in examples}
+    assert text["bar"] == "bar tool First paragraph of bar. Second paragraph of bar."
+    top, top_stats = ddtp.classification_examples(en, ddtp.read_sections([pk]), top_classes=1)
+    assert {e[3] for e in top} == {"utils"} and top_stats["dropped_rare_section"] == 2
+
+    out = tmp_path / "cls"
+    assert ddtp.main(["classification", "--en", sample["en"], "--packages", pk, "--out", str(out),
+                      "--valid-size", "1", "--test-size", "1"]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    rows = {split: list(zip((out / f"{split}.input0").read_text().splitlines(),
+                            (out / f"{split}.label").read_text().splitlines())) for split in ("train", "valid", "test")}
+    assert sum(map(len, rows.values())) == 4
+    assert stats["labels"] == {split: dict(sorted(__import__("collections").Counter(l for _, l in r).items()))
+                               for split, r in rows.items()}
+    # foo, foo-data and libfoo1 are one source package: one split holds all three
+    foo_split = [split for split, r in rows.items() if any(t.startswith("fast frobnicator") for t, _ in r)]
+    assert len(foo_split) == 1 and len(rows[foo_split[0]]) >= 3
+    with pytest.raises(SystemExit, match="classification needs a Packages index"):
+        ddtp.main(["classification", "--en", sample["en"], "--out", str(tmp_path / "none")])
+
+
+def test_pairs_hold_one_positive_and_one_negative_from_another_source(tmp_path):
+    n = 12
+    en = "".join(f"Package: p{i}\nDescription-md5: {i:032d}\nDescription-en: english synopsis {i}\n long text {i}\n\n"
+                 for i in range(n))
+    de = "".join(f"Package: p{i}\nDescription-md5: {i:032d}\nDescription-de: deutsche Kurzbeschreibung {i}\n langer Text {i}\n\n"
+                 for i in range(n))
+    pk = "".join(f"Package: p{i}\nSource: s{i // 2}\nDescription-md5: {i:032d}\n\n" for i in range(n))
+    files = [_write(tmp_path / name, text) for name, text in (("en", en), ("de", de), ("pk", pk))]
+    out = tmp_path / "pairs"
+    assert ddtp.main(["pairs", "--en", files[0], "--de", files[1], "--packages", files[2], "--out", str(out),
+                      "--valid-size", "4", "--test-size", "4"]) == 0
+    seen = {}
+    for split in ("train", "valid", "test"):
+        columns = [(out / f"{split}.{c}").read_text().splitlines() for c in ("input0", "input1", "label")]
+        rows = list(zip(*columns))
+        assert [label for _, _, label in rows].count("1") == [label for _, _, label in rows].count("0") == len(rows) // 2
+        for en_text, de_text, label in rows:
+            i, j = int(en_text.split()[-1]), int(de_text.split()[-1])
+            assert (i == j) == (label == "1")
+            if label == "0":
+                assert i // 2 != j // 2  # another source package
+            seen.setdefault(i, set()).add(split)
+            seen.setdefault(j, set()).add(split)
+    assert all(len(splits) == 1 for splits in seen.values())  # no synopsis in two splits
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["labels"]["train"] == {"0": stats["train"] // 2, "1": stats["train"] // 2}

@@ -23,6 +23,15 @@ kept once.
 Summarization pairs (English index alone): source = long description (paragraphs joined
 with a space), target = synopsis.
 
+Classification (English index + Packages): input = the English description (synopsis and
+long description joined, at most --max-words words), label = the package's Section from the
+Packages index ("contrib/net" -> "net"); only the --top-classes most frequent sections of the
+pairs are kept (0: all). Pair classification (English + German index): input0 = an English
+synopsis, input1 = a German synopsis, label 1 when they are translations of each other
+(the same Description-md5) and 0 otherwise; each English synopsis gets one positive and one
+negative, the negative's German synopsis drawn (seeded by --salt) from another source
+package of the SAME split, so no text crosses splits.
+
 Splits: by SOURCE package, so near-identical descriptions of sibling binary packages (foo,
 foo-data, libfoo1, ...) never straddle train/valid/test. Source packages are ordered by a
 salted SHA-1 of their name and handed to test, then valid, until each reaches its size
@@ -35,11 +44,15 @@ Without a Packages index the source name is guessed from the binary name (see
 
 Outputs (each file written to a temporary name and renamed, so an interrupted run never
 leaves a half-written file behind): OUT/{train,valid,test}.{en,de} (translation) or
-OUT/{train,valid,test}.{src,tgt} (summarization), plus OUT/stats.json, written last.
+OUT/{train,valid,test}.{src,tgt} (summarization), OUT/{train,valid,test}.{input0,label}
+(classification) or .{input0,input1,label} (pairs), plus OUT/stats.json (with the label counts
+per split for the classification tasks), written last.
 
 CLI:
   ddtp.py translation   --index-dir DIR | --en F.. --de F.. [--packages F..]  --out DIR
   ddtp.py summarization --index-dir DIR | --en F..          [--packages F..]  --out DIR
+  ddtp.py classification --index-dir DIR | --en F..         --packages F..    --out DIR [--top-classes N]
+  ddtp.py pairs         --index-dir DIR | --en F.. --de F.. [--packages F..]  --out DIR
   ddtp.py locate --index-dir DIR      (prints the index files it finds, exits 1 if none)
   ddtp.py apt-source [--uri U --suite S] (deb822 stanza for prepare.sh's private apt)
 Options: --valid-size (default 0.02), --test-size (default 0.02), --max-words (default 100),
@@ -56,6 +69,7 @@ import io
 import json
 import lzma
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -209,6 +223,25 @@ def read_packages(paths):
     return by_md5, by_pkg
 
 
+def section_name(value):
+    """Packages' Section value -> the section without its archive area ('contrib/net' -> 'net')."""
+    return value.strip().split("/")[-1]
+
+
+def read_sections(paths):
+    """Packages files -> (md5 -> section, package -> section)."""
+    by_md5, by_pkg = {}, {}
+    for para in read_paragraphs(paths):
+        section = section_name(para.get("Section", ""))
+        if not section:
+            continue
+        by_pkg.setdefault(para.get("Package", "").strip(), section)
+        md5 = para.get("Description-md5", "").strip()
+        if md5:
+            by_md5.setdefault(md5, section)
+    return by_md5, by_pkg
+
+
 _SUFFIXES = (
     "-dev", "-dbg", "-dbgsym", "-doc", "-docs", "-data", "-common", "-bin", "-utils",
     "-tools", "-examples", "-plugins", "-plugin", "-runtime", "-java", "-perl", "-dbus",
@@ -310,6 +343,48 @@ def summarization_pairs(en, min_words=1, max_words=400, min_source_words=10):
             continue
         pairs.append((md5, pkgs, src, syn))
     return pairs, stats
+
+
+def classification_examples(en, sections, max_words=100, top_classes=0):
+    """(md5, packages, description, section) per English description whose section is
+    known, the description at most max_words words; with top_classes > 0 only the that many
+    most frequent sections (ties: alphabetical) are kept."""
+    by_md5, by_pkg = sections
+    stats = collections.Counter()
+    examples = []
+    for md5, (pkgs, syn, pars) in en.items():
+        section = by_md5.get(md5) or next((by_pkg[p] for p in pkgs if p in by_pkg), None)
+        if section is None:
+            stats["no_section"] += 1
+            continue
+        text = " ".join([syn] + pars)
+        if not 2 <= len(text.split()) <= max_words:
+            stats["dropped_length"] += 1
+            continue
+        examples.append((md5, pkgs, text, section))
+    if top_classes:
+        counts = collections.Counter(e[3] for e in examples)
+        keep = set(sorted(counts, key=lambda c: (-counts[c], c))[:top_classes])
+        stats["dropped_rare_section"] = sum(1 for e in examples if e[3] not in keep)
+        examples = [e for e in examples if e[3] in keep]
+    return examples, stats
+
+
+def translation_pair_examples(splits, sources_of, salt="ddtp"):
+    """Positive (en, de) synopsis pairs per split -> [(en, de, "1" | "0")]: each positive and
+    one negative whose German side comes from another source package of the same split."""
+    out = {}
+    for split, pairs in splits.items():
+        rng = random.Random("%s\0%s" % (salt, split))
+        examples = []
+        for i, (en_text, de_text) in enumerate(pairs):
+            examples.append((en_text, de_text, "1"))
+            others = [j for j in (rng.randrange(len(pairs)) for _ in range(20))
+                      if sources_of[split][j] != sources_of[split][i] and pairs[j][1] != de_text]
+            if others:
+                examples.append((en_text, pairs[others[0]][1], "0"))
+        out[split] = examples
+    return out
 
 
 # --------------------------------------------------------------------------- splitting
@@ -594,6 +669,60 @@ def build_summarization(en_files, pk_files, out_dir, valid_size=0.02, test_size=
     return splits, stats
 
 
+def write_columns(out_dir, splits, columns, stats):
+    """splits: {split: [(column values...)]} -> OUT/<split>.<column> files, stats.json last."""
+    stats_path = os.path.join(out_dir, "stats.json")
+    if os.path.exists(stats_path):
+        os.unlink(stats_path)
+    for split in SPLITS:
+        for index, column in enumerate(columns):
+            text = "".join(row[index].replace("\n", " ") + "\n" for row in splits[split])
+            write_atomic(os.path.join(out_dir, "%s.%s" % (split, column)), text)
+    write_atomic(stats_path, json.dumps(stats, indent=1, sort_keys=True) + "\n")
+
+
+def _label_counts(splits):
+    return {split: dict(sorted(collections.Counter(row[-1] for row in rows).items()))
+            for split, rows in splits.items()}
+
+
+def build_classification(en_files, pk_files, out_dir, valid_size=0.02, test_size=0.02,
+                         max_words=100, max_pairs=0, salt="ddtp", top_classes=0):
+    en = read_translation(en_files, "en")
+    smap = _source_map(pk_files)
+    examples, stats = classification_examples(en, read_sections(pk_files), max_words, top_classes)
+    sources = [smap.lookup(md5, pkgs) for md5, pkgs, _, _ in examples]
+    splits, sstats = split_pairs([(text, label) for _, _, text, label in examples], sources,
+                                 valid_size, test_size, salt, max_pairs)
+    stats.update(sstats)
+    stats = dict(stats, descriptions_en=len(en), sources_guessed=smap.guessed,
+                 labels=_label_counts(splits))
+    write_columns(out_dir, splits, ("input0", "label"), stats)
+    return splits, stats
+
+
+def build_pairs(en_files, de_files, pk_files, out_dir, valid_size=0.02, test_size=0.02,
+                max_words=100, max_pairs=0, salt="ddtp"):
+    en = read_translation(en_files, "en")
+    de = read_translation(de_files, "de")
+    smap = _source_map(pk_files)
+    positives, sources = [], []
+    for md5, (pkgs, en_syn, _) in en.items():
+        if md5 in de and ok_pair(en_syn, de[md5][1], 1, max_words):
+            positives.append((en_syn, de[md5][1]))
+            sources.append(smap.lookup(md5, pkgs + de[md5][0]))
+    splits, stats = split_pairs(positives, sources, valid_size, test_size, salt, max_pairs)
+    source_of = dict(zip(positives, sources))
+    examples = translation_pair_examples(
+        splits, {split: [source_of[p] for p in pairs] for split, pairs in splits.items()}, salt)
+    stats = dict(stats, descriptions_en=len(en), descriptions_de=len(de),
+                 sources_guessed=smap.guessed, labels=_label_counts(examples))
+    for split in SPLITS:
+        stats[split] = len(examples[split])
+    write_columns(out_dir, examples, ("input0", "input1", "label"), stats)
+    return examples, stats
+
+
 def _size(text):
     value = float(text)
     if value < 0:
@@ -604,12 +733,15 @@ def _size(text):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd")
-    for name in ("translation", "summarization"):
+    for name in ("translation", "summarization", "classification", "pairs"):
         p = sub.add_parser(name)
         p.add_argument("--index-dir", help="directory holding Translation-*/Packages files")
         p.add_argument("--en", nargs="+", help="Translation-en file(s)")
-        if name == "translation":
+        if name in ("translation", "pairs"):
             p.add_argument("--de", nargs="+", help="Translation-de file(s)")
+        if name == "classification":
+            p.add_argument("--top-classes", type=int, default=0,
+                           help="keep the N most frequent sections (0: all)")
         p.add_argument("--packages", nargs="+", help="Packages file(s) (source packages)")
         p.add_argument("--out", required=True, help="output directory")
         p.add_argument("--valid-size", type=_size, default=0.02,
@@ -617,7 +749,7 @@ def main(argv=None):
         p.add_argument("--test-size", type=_size, default=0.02,
                        help="fraction (<1) or number (>=1) of pairs; default 0.02")
         p.add_argument("--min-words", type=int, default=1)
-        p.add_argument("--max-words", type=int, default=100 if name == "translation" else 400)
+        p.add_argument("--max-words", type=int, default=400 if name == "summarization" else 100)
         p.add_argument("--max-pairs", type=int, default=0, help="cap on train pairs (0: all)")
         p.add_argument("--salt", default="ddtp", help="salt of the split hash")
     p = sub.add_parser("locate")
@@ -670,10 +802,21 @@ def main(argv=None):
         _, stats = build_summarization(en, pk, args.out, args.valid_size, args.test_size,
                                        args.min_words, args.max_words, args.max_pairs,
                                        args.salt)
+    elif args.cmd == "classification":
+        en, _, pk = _inputs(args, False)
+        if not pk:
+            raise SystemExit("error: classification needs a Packages index (--packages or --index-dir): "
+                             "the labels are its Section fields")
+        _, stats = build_classification(en, pk, args.out, args.valid_size, args.test_size,
+                                        args.max_words, args.max_pairs, args.salt, args.top_classes)
+    elif args.cmd == "pairs":
+        en, de, pk = _inputs(args, True)
+        _, stats = build_pairs(en, de, pk, args.out, args.valid_size, args.test_size,
+                               args.max_words, args.max_pairs, args.salt)
     else:
         ap.print_help()
         return 2
-    print("%s: train %d, valid %d, test %d pairs -> %s" % (
+    print("%s: train %d, valid %d, test %d examples -> %s" % (
         args.cmd, stats["train"], stats["valid"], stats["test"], args.out))
     return 0
 

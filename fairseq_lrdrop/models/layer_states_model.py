@@ -1,15 +1,17 @@
-"""The model side of LR-Drop, shared by the Transformer and BART variants."""
+"""The model side of LR-Drop, shared by every family (Transformer, BART, RoBERTa, transformer_lm)."""
 from typing import Optional
 
-from fairseq_lrdrop.modules.layer_states import LayerStateRequest, recording_layer_states
+from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY, register_model_architecture
+
+from fairseq_lrdrop.modules.layer_states import LayerStateRequest, layer_stacks, recording_layer_states
 
 
 class LayerStatesModelMixin:
-    """Mix into a fairseq encoder-decoder model (before the model class):
+    """Mix into a fairseq Transformer model (before the model class):
 
         forward(..., layer_states=LayerStateRequest(...))
 
-    returns the usual (logits, extra) with extra["layer_states"] (a LayerStates) added, in
+    returns the usual (output, extra) with extra["layer_states"] (a LayerStates) added, in
     training only. Without the argument, or in eval mode, the stock forward runs unchanged:
     nothing is recorded and the fused attention path is kept.
     """
@@ -19,7 +21,18 @@ class LayerStatesModelMixin:
     def forward(self, *args, layer_states: Optional[LayerStateRequest] = None, **kwargs):
         if layer_states is None or not self.training:
             return super().forward(*args, **kwargs)
-        with recording_layer_states(self.encoder.layers, self.decoder.layers, layer_states) as states:
-            logits, extra = super().forward(*args, **kwargs)
+        with recording_layer_states(layer_stacks(self), layer_states) as states:
+            output, extra = super().forward(*args, **kwargs)
         extra["layer_states"] = states
-        return logits, extra
+        return output, extra
+
+
+def mirror_architectures(stock_model: type, stock_name: str, model_name: str) -> None:
+    """Register, for `model_name`, every architecture registered for `stock_model`, with the
+    same hyperparameter function: stock `<arch>` becomes `lr_drop_<arch>`, and the stock
+    model's own default architecture (`stock_name`) becomes `model_name`. (A model registered
+    with a dataclass already has its default architecture, as the stock one does.)"""
+    for arch, model in list(ARCH_MODEL_REGISTRY.items()):
+        name = model_name if arch == stock_name else "lr_drop_" + arch
+        if model is stock_model and name not in ARCH_MODEL_REGISTRY:
+            register_model_architecture(model_name, name)(ARCH_CONFIG_REGISTRY[arch])

@@ -1,12 +1,12 @@
 """`lr_drop_bart`: fairseq's BART that returns layer states in training.
 
 Parameter names are the stock ones: a stock `bart.large/model.pt` loads with --restore-file.
+Architectures: lr_drop_bart_large, lr_drop_bart_base, lr_drop_mbart_large, ... (every stock one).
 """
-from fairseq.models import register_model, register_model_architecture
+from fairseq.models import register_model
 from fairseq.models.bart import BARTModel
-from fairseq.models.bart.model import bart_base_architecture, bart_large_architecture
 
-from .layer_states_model import LayerStatesModelMixin
+from .layer_states_model import LayerStatesModelMixin, mirror_architectures
 
 
 @register_model("lr_drop_bart")
@@ -14,5 +14,4 @@ class LRDropBARTModel(LayerStatesModelMixin, BARTModel):
     pass
 
 
-register_model_architecture("lr_drop_bart", "lr_drop_bart_large")(bart_large_architecture)
-register_model_architecture("lr_drop_bart", "lr_drop_bart_base")(bart_base_architecture)
+mirror_architectures(BARTModel, "bart", "lr_drop_bart")

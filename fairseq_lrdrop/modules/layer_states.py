@@ -1,8 +1,10 @@
 """Record every layer's output and per-head attention probabilities during ONE forward.
 
-The mechanism is the same for every fairseq encoder-decoder Transformer (Transformer, BART):
-hooks are attached to the stock layers for the duration of a training forward and removed
-right after, so parameter names, checkpoints and the inference path stay exactly stock.
+The mechanism is the same for every fairseq Transformer family: encoder-decoder (Transformer,
+BART), encoder-only (RoBERTa) and decoder-only (transformer_lm). `layer_stacks` finds a
+model's stacks of layers; hooks are attached to the stock layers for the duration of a
+training forward and removed right after, so parameter names, checkpoints and the inference
+path stay exactly stock.
 
 Attention: fairseq's layers call MultiheadAttention with need_weights=False, and its fused
 path (F.multi_head_attention_forward) cannot return per-head probabilities. While recording,
@@ -24,6 +26,12 @@ from torch.utils.checkpoint import checkpoint
 logger = logging.getLogger(__name__)
 
 ATTENTION_MODULES = ("encoder_self", "decoder_self", "decoder_cross")
+# attention module name -> (stack, attribute of the stack's layers)
+ATTENTION_MODULE_PLACES = {
+    "encoder_self": ("encoder", "self_attn"),
+    "decoder_self": ("decoder", "self_attn"),
+    "decoder_cross": ("decoder", "encoder_attn"),
+}
 # Where a layer's hidden state is taken: the layer's output (after the residual and, for
 # post-norm layers, the layer norm), or its feed-forward block's output fc2(act(fc1(x))),
 # before dropout, the residual and the layer norm.
@@ -170,30 +178,43 @@ def _inner_hooks(layer: nn.Module, index: int, hidden: Optional[Dict[int, Tensor
     return register
 
 
+def layer_stacks(model: nn.Module) -> Dict[str, nn.ModuleList]:
+    """A fairseq model's Transformer layers by stack: {"encoder": ..., "decoder": ...} for
+    encoder-decoder models, {"encoder": ...} for RoBERTa (its layers sit in
+    encoder.sentence_encoder), {"decoder": ...} for language models."""
+    stacks = {}
+    for side in ("encoder", "decoder"):
+        module = getattr(model, side, None)
+        module = getattr(module, "sentence_encoder", module)
+        layers = getattr(module, "layers", None)
+        if isinstance(layers, nn.ModuleList):
+            stacks[side] = layers
+    return stacks
+
+
 @contextmanager
-def recording_layer_states(
-    encoder_layers: nn.ModuleList, decoder_layers: nn.ModuleList, request: LayerStateRequest
-) -> Iterator[LayerStates]:
-    """Within the block, forwards through these layers fill the yielded LayerStates."""
+def recording_layer_states(stacks: Dict[str, nn.ModuleList], request: LayerStateRequest) -> Iterator[LayerStates]:
+    """Within the block, forwards through these layers fill the yielded LayerStates.
+
+    stacks: as layer_stacks gives them; a stack the model lacks is simply not there.
+    """
     states = LayerStates()
-    sides = (  # layers, indices, hidden-state store, (attention module name, layer attribute)
-        (encoder_layers, request.encoder_layers, states.encoder_hidden, (("encoder_self", "self_attn"),)),
-        (decoder_layers, request.decoder_layers, states.decoder_hidden,
-         (("decoder_self", "self_attn"), ("decoder_cross", "encoder_attn"))),
-    )
+    sides = (("encoder", request.encoder_layers, states.encoder_hidden),
+             ("decoder", request.decoder_layers, states.decoder_hidden))
     ffn_output = request.hidden_states and request.hidden_state_point == "ffn_output"
     handles, wrapped = [], []
     try:
-        for layers, indices, hidden, attention_modules in sides:
+        for side, indices, hidden in sides:
             for index in indices:
-                layer = layers[index]
+                layer = stacks[side][index]
                 if request.hidden_states and not ffn_output:
                     handles.append(layer.register_forward_hook(_keep_layer_output(hidden, index)))
                 attention = [
                     (getattr(layer, attribute), states.attention[name])
-                    for name, attribute in attention_modules
-                    # decoders without cross-attention have encoder_attn None
-                    if name in request.attention_modules and getattr(layer, attribute, None) is not None
+                    for name, (stack, attribute) in ATTENTION_MODULE_PLACES.items()
+                    # decoders without cross-attention (language models) have encoder_attn None
+                    if stack == side and name in request.attention_modules
+                    and getattr(layer, attribute, None) is not None
                 ]
                 register = _inner_hooks(layer, index, hidden if ffn_output else None, attention)
                 if register is None:

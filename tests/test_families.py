@@ -1,0 +1,286 @@
+"""LR-Drop beyond encoder-decoder models: decoder-only language models (lr_drop_transformer_lm)
+and encoder-only classifiers (lr_drop_roberta + lr_drop_sentence_prediction), on data the
+tests write and binarize with the real fairseq-preprocess."""
+import math
+import random
+import re
+
+import numpy
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import EN, USER_DIR, run_cli
+
+TINY_ENCODER = ["--encoder-layers", "2", "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
+                "--encoder-attention-heads", "4", "--max-positions", "64"]
+TINY_DECODER = ["--decoder-layers", "2", "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim", "64",
+                "--decoder-attention-heads", "4"]
+LM_TASK = ["--task", "language_modeling", "--tokens-per-sample", "16", "--sample-break-mode", "eos"]
+TRAIN = ["--optimizer", "adam", "--lr", "0.002", "--cpu", "--log-format", "simple", "--log-interval", "1",
+         "--seed", "1", "--no-epoch-checkpoints"]
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    """{"lm": monolingual data-bin, "cls": sentence_prediction data-bin (label: does the
+    sentence mention a cat), "reg": the same sentences with a real-valued target}."""
+    raw = tmp_path_factory.mktemp("families")
+    rng = random.Random(0)
+    for split, count in (("train", 200), ("valid", 24)):
+        sentences = [[rng.choice(EN) for _ in range(rng.randint(2, 10))] for _ in range(count)]
+        (raw / f"{split}.txt").write_text("".join(" ".join(s) + "\n" for s in sentences))
+        (raw / f"{split}.label").write_text("".join(("pos" if "cat" in s else "neg") + "\n" for s in sentences))
+        (raw / f"{split}.score").write_text("".join(f"{len(s) / 10:.1f}\n" for s in sentences))
+    out = {name: raw / name for name in ("lm", "cls", "reg")}
+    for destination, prefix in ((out["lm"], "txt"), (out["cls"] / "input0", "txt"), (out["cls"] / "label", "label")):
+        run_cli("fairseq-preprocess", "--only-source", "--trainpref", raw / f"train.{prefix}",
+                "--validpref", raw / f"valid.{prefix}", "--destdir", destination, "--workers", "1")
+    # regression: the task reads label/<split>.label as one float per line
+    (out["reg"] / "label").mkdir(parents=True)
+    (out["reg"] / "input0").symlink_to(out["cls"] / "input0")
+    for split in ("train", "valid"):
+        (out["reg"] / "label" / f"{split}.label").write_text((raw / f"{split}.score").read_text())
+    return out
+
+
+def build(argv):
+    """(task, model, criterion) built exactly as fairseq-train builds them."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [*map(str, argv), "--user-dir", USER_DIR, "--cpu"])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    torch.manual_seed(1)
+    model = task.build_model(cfg.model)
+    return task, model, task.build_criterion(cfg.criterion)
+
+
+def build_lm(corpora, *extra, arch="lr_drop_transformer_lm"):
+    return build([corpora["lm"], *LM_TASK, "--arch", arch, *TINY_DECODER, "--dropout", "0.1", *extra])
+
+
+def build_classifier(corpora, *extra, regression=False, arch="lr_drop_roberta"):
+    target = ["--regression-target", "--num-classes", "1"] if regression else ["--num-classes", "2"]
+    return build([corpora["reg" if regression else "cls"], "--task", "sentence_prediction", "--arch", arch,
+                  *TINY_ENCODER, *target, "--dropout", "0.1", "--attention-dropout", "0", *extra])
+
+
+def valid_batch(task, size=8):
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    return dataset.collater([dataset[i] for i in range(size)])
+
+
+def weights(alpha, beta, gamma):
+    return ["--hidden-reg-weight", alpha, "--attn-reg-weight", beta, "--output-reg-weight", gamma]
+
+
+def doubled(net_input):
+    return {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in net_input.items()}
+
+
+def hidden_term(inner_states, mask):
+    """Independent L_HSR: mean over layers of the sum over real positions of the mean over
+    channels of (h1 - h2)^2; inner_states[0] is the embedding output, then one per layer."""
+    per_layer = []
+    for state in inner_states[1:]:  # T x 2B x C
+        first, second = state.float().chunk(2, dim=1)
+        per_layer.append(((first - second) ** 2).mean(-1).t()[mask].sum())
+    return torch.stack(per_layer).mean()
+
+
+def test_layer_stacks_of_every_family(corpora, data_bin):
+    from conftest import build as build_translation
+
+    from fairseq_lrdrop.modules.layer_states import layer_stacks
+
+    _, lm, _ = build_lm(corpora, "--criterion", "lr_drop_label_smoothed_cross_entropy")
+    _, roberta, _ = build_classifier(corpora, "--criterion", "lr_drop_sentence_prediction")
+    _, transformer, _ = build_translation(data_bin)
+    assert {side: len(layers) for side, layers in layer_stacks(lm).items()} == {"decoder": 2}
+    assert {side: len(layers) for side, layers in layer_stacks(roberta).items()} == {"encoder": 2}
+    assert {side: len(layers) for side, layers in layer_stacks(transformer).items()} == {"encoder": 2, "decoder": 2}
+    assert layer_stacks(roberta)["encoder"] is roberta.encoder.sentence_encoder.layers
+
+
+def test_language_model_terms_match_independent_formulas(corpora):
+    task, model, criterion = build_lm(corpora, "--criterion", "lr_drop_label_smoothed_cross_entropy",
+                                      "--label-smoothing", "0", *weights(1, 0, 1))
+    sample = valid_batch(task)
+    model.train()
+    torch.manual_seed(7)
+    loss, sample_size, log = criterion(model, sample)
+    torch.manual_seed(7)  # the same dropout draws, through the stock forward
+    logits, extra = model(**doubled(sample["net_input"]))
+    lprobs = F.log_softmax(logits.float(), dim=-1)
+    target = torch.cat([sample["target"], sample["target"]])
+    real = target.ne(task.dictionary.pad())
+    nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)[real].sum()
+    p, q = lprobs.chunk(2)
+    skl = (0.5 * ((p.exp() - q.exp()) * (p - q)).sum(-1))[real.chunk(2)[0]].sum()
+    hidden = hidden_term(extra["inner_states"], sample["net_input"]["src_tokens"].ne(task.dictionary.pad()))
+    assert sample_size == sample["ntokens"]
+    torch.testing.assert_close(log["loss"], nll / 2, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(log["hidden_reg"], hidden, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["output_reg"], skl, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss, nll + hidden + skl, rtol=1e-5, atol=1e-3)
+    assert hidden > 0 and skl > 0
+
+
+def test_language_model_records_causal_self_attention_only(corpora):
+    from fairseq_lrdrop.modules.layer_states import LayerStates
+
+    task, model, criterion = build_lm(corpora, "--criterion", "lr_drop_label_smoothed_cross_entropy",
+                                      "--label-smoothing", "0", *weights(0, 1, 0))
+    sample = valid_batch(task)
+    model.train()
+    request = criterion.layer_state_request(model)
+    assert request.encoder_layers == () and request.decoder_layers == (0, 1)
+    states = model(**doubled(sample["net_input"]), layer_states=request)[1]["layer_states"]
+    assert isinstance(states, LayerStates) and not states.attention["encoder_self"] and not states.attention["decoder_cross"]
+    bsz, length = sample["net_input"]["src_tokens"].shape
+    real = sample["net_input"]["src_tokens"].ne(task.dictionary.pad()).repeat(2, 1)
+    for probs in states.attention["decoder_self"].values():
+        assert probs.shape == (4, 2 * bsz, length, length)
+        assert probs.triu(1).abs().max() == 0  # no query attends to a later position
+        torch.testing.assert_close(probs.sum(-1)[:, real], torch.ones_like(probs.sum(-1)[:, real]))
+    # a module the model does not have is one clear error
+    from fairseq_lrdrop.errors import UsageError
+    _, model, criterion = build_lm(corpora, "--criterion", "lr_drop_label_smoothed_cross_entropy",
+                                   *weights(0, 1, 0), "--attn-reg-modules", "encoder_self")
+    with pytest.raises(UsageError, match="--attn-reg-modules encoder_self: .* has none of these attention modules"):
+        criterion.layer_state_request(model)
+    with pytest.raises(UsageError, match="--reg-encoder-layers: .* has no encoder"):
+        build_lm(corpora, "--criterion", "lr_drop_label_smoothed_cross_entropy", *weights(1, 0, 0),
+                 "--reg-encoder-layers", "0")[2].layer_state_request(model)
+
+
+@pytest.mark.parametrize("alpha, beta, gamma, train", [(0, 0, 0, True), (1, 1, 1, False)])
+def test_sentence_prediction_is_stock_without_weights_and_in_validation(corpora, alpha, beta, gamma, train):
+    task, model, criterion = build_classifier(corpora, "--criterion", "lr_drop_sentence_prediction",
+                                              *weights(alpha, beta, gamma))
+    stock = build_classifier(corpora, "--criterion", "sentence_prediction")[2]
+    sample = valid_batch(task)
+    model.train(train)
+    results = []
+    for crit in (criterion, stock):
+        model.zero_grad()
+        torch.manual_seed(3)
+        loss, sample_size, log = crit(model, sample)
+        loss.backward()
+        results.append((loss.detach(), sample_size, log, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (loss, size, log, grads), (stock_loss, stock_size, stock_log, stock_grads) = results
+    assert torch.equal(loss, stock_loss) and size == stock_size == 8
+    assert log.keys() == stock_log.keys() and all(torch.equal(torch.as_tensor(log[k]), torch.as_tensor(stock_log[k])) for k in log)
+    assert len(grads) == len(stock_grads) > 0 and all(torch.equal(a, b) for a, b in zip(grads, stock_grads))
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_sentence_prediction_terms_match_independent_formulas(corpora, regression):
+    task, model, criterion = build_classifier(corpora, "--criterion", "lr_drop_sentence_prediction",
+                                              *weights(1, 0, 1), regression=regression)
+    sample = valid_batch(task)
+    model.train()
+    torch.manual_seed(5)
+    loss, sample_size, log = criterion(model, sample)
+    torch.manual_seed(5)
+    head = criterion.classification_head_name
+    logits, extra = model(**doubled(sample["net_input"]), classification_head_name=head, return_all_hiddens=True)
+    target = sample["target"].view(-1)
+    if regression:
+        predictions = logits.view(-1).float()
+        task_loss = ((predictions - torch.cat([target, target]).float()) ** 2).sum()
+        first, second = predictions.chunk(2)
+        output = ((first - second) ** 2).sum()
+        assert "ncorrect" not in log
+    else:
+        lprobs = F.log_softmax(logits.float(), dim=-1)
+        task_loss = -lprobs.gather(-1, torch.cat([target, target]).unsqueeze(-1)).sum()
+        p, q = lprobs.chunk(2)
+        output = (0.5 * (p.exp() - q.exp()) * (p - q)).sum()
+        assert log["ncorrect"] == (p.argmax(-1) == target).sum()
+    hidden = hidden_term(extra["inner_states"], sample["net_input"]["src_tokens"].ne(task.source_dictionary.pad()))
+    assert sample_size == log["sample_size"] == len(target) == 8
+    torch.testing.assert_close(log["loss"], task_loss / 2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["output_reg"], output, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(log["hidden_reg"], hidden, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, task_loss + hidden + output, rtol=1e-5, atol=1e-4)
+    assert output > 0 and hidden > 0
+
+
+def test_numpy_compat_is_narrow():
+    import fairseq.data.language_pair_dataset as pairs
+    import fairseq.data.token_block_dataset as blocks
+
+    assert not hasattr(numpy, "compat")  # numpy 2 itself is left as it is
+    for module in (blocks, pairs):
+        assert module.np.compat.long is int and module.np.zeros is numpy.zeros
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def _train(*args):
+    return run_cli("fairseq-train", "--user-dir", USER_DIR, *TRAIN, *args)
+
+
+def _same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_language_model_trains_evaluates_and_moves_to_stock(corpora, tmp_path):
+    # --sample-break-mode eos goes through np.compat.long: with the plugin it trains on numpy 2
+    lm = [corpora["lm"], *LM_TASK, *TINY_DECODER, "--max-tokens", "256", "--max-update", "3"]
+    proc = _train(*lm, "--arch", "lr_drop_transformer_lm", "--criterion", "lr_drop_label_smoothed_cross_entropy",
+                  "--label-smoothing", "0", *weights(0.1, 0.1, 5), "--save-dir", tmp_path / "lrdrop")
+    log = proc.stdout + proc.stderr
+    assert "hidden_reg" in log and "attn_reg" in log and "output_reg" in log and "valid on 'valid' subset" in log
+    checkpoint = tmp_path / "lrdrop" / "checkpoint_last.pt"
+    evaluated = run_cli("fairseq-eval-lm", corpora["lm"], "--user-dir", USER_DIR, "--path", checkpoint, "--cpu",
+                        "--tokens-per-sample", "16", "--sample-break-mode", "eos", "--max-tokens", "256",
+                        "--gen-subset", "valid")
+    perplexity = float(re.search(r"Perplexity: ([0-9.]+)", evaluated.stdout + evaluated.stderr).group(1))
+    assert math.isfinite(perplexity) and 1 < perplexity < 1000
+    # LR-Drop -> stock transformer_lm (the plugin only for loading): the same weights
+    _train(*lm, "--arch", "transformer_lm", "--criterion", "cross_entropy", "--restore-file", checkpoint,
+           "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--lr-scheduler", "fixed", "--lr", "0",
+           "--max-update", "1", "--save-dir", tmp_path / "stock")
+    assert _same_weights(_state(tmp_path / "stock" / "checkpoint_last.pt"), _state(checkpoint))
+
+
+def test_roberta_fine_tunes_from_a_stock_checkpoint_and_moves_back(corpora, tmp_path):
+    from fairseq.models.roberta import RobertaModel
+
+    # a stock RoBERTa, pre-trained (two updates) with masked_lm as roberta.base was
+    _train(corpora["cls"] / "input0", "--task", "masked_lm", "--arch", "roberta", *TINY_ENCODER,
+           "--tokens-per-sample", "32", "--sample-break-mode", "eos", "--criterion", "masked_lm", "--max-tokens", "512", "--max-update", "2",
+           "--save-dir", tmp_path / "pretrained")
+    pretrained = _state(tmp_path / "pretrained" / "checkpoint_last.pt")
+    classify = [corpora["cls"], "--task", "sentence_prediction", "--num-classes", "2", *TINY_ENCODER,
+                "--batch-size", "16", "--reset-optimizer", "--reset-dataloader", "--reset-meters",
+                "--best-checkpoint-metric", "accuracy", "--maximize-best-checkpoint-metric"]
+    proc = _train(*classify, "--arch", "lr_drop_roberta", "--criterion", "lr_drop_sentence_prediction",
+                  *weights(0.1, 0.1, 1), "--restore-file", tmp_path / "pretrained" / "checkpoint_last.pt",
+                  "--max-update", "4", "--save-dir", tmp_path / "finetuned")
+    log = proc.stdout + proc.stderr
+    assert "hidden_reg" in log and "output_reg" in log and "valid_accuracy" not in log  # json-free simple log
+    assert "| valid on 'valid' subset |" in log and "| accuracy " in log
+    finetuned_path = tmp_path / "finetuned" / "checkpoint_last.pt"
+    finetuned = _state(finetuned_path)
+    # every pre-trained weight was there to be fine-tuned, and the head was added
+    assert set(pretrained) - set(finetuned) <= {k for k in pretrained if k.startswith("encoder.lm_head")}
+    assert any(k.startswith("classification_heads.sentence_classification_head") for k in finetuned)
+    # LR-Drop -> stock roberta: the same weights
+    _train(*classify, "--arch", "roberta", "--criterion", "sentence_prediction", "--restore-file", finetuned_path,
+           "--lr-scheduler", "fixed", "--lr", "0", "--max-update", "1", "--save-dir", tmp_path / "stock")
+    assert _same_weights(_state(tmp_path / "stock" / "checkpoint_last.pt"), finetuned)
+    # the hub interface loads the fine-tuned classifier and predicts
+    hub = RobertaModel.from_pretrained(str(tmp_path / "finetuned"), "checkpoint_last.pt",
+                                       data_name_or_path=str(corpora["cls"]), bpe=None, user_dir=USER_DIR)
+    hub.eval()
+    tokens = hub.task.source_dictionary.encode_line("the cat sees a dog", append_eos=True).long()
+    tokens = torch.cat([torch.tensor([hub.task.source_dictionary.bos()]), tokens])
+    lprobs = hub.predict("sentence_classification_head", tokens)
+    assert lprobs.shape == (1, 2) and torch.allclose(lprobs.exp().sum(), torch.tensor(1.0))
