@@ -13,6 +13,10 @@ checkpoints they kept of every epoch:
               loss rewards a flat output distribution, which the output term also produces, so
               runs at equal loss need not be at equal NLL
 
+  best valid score  with --valid --select-on-valid-score: of the --epochs (and the best epoch),
+              the one whose valid-split BLEU / ROUGE-L is highest (the earliest on a tie): a
+              stopping rule on the generation score itself, which a valid loss need not follow
+
 Each distinct (run, epoch) is decoded once with examples/ddtp/evaluate.sh (test split) and
 measured with bench/diagnose.py (length ratio, loops, entropies, P(EOS) at the reference end);
 results are cached in <run>/eval-test-epoch<E>/. With --valid, the valid split is also decoded
@@ -110,6 +114,13 @@ def stopping_points(curve: Curve, patiences: Sequence[int], targets: Dict[str, T
     return points
 
 
+def best_scoring_epoch(scores: Dict[int, float]) -> int:
+    """The epoch with the highest valid score; the earliest of equal scores."""
+    if not scores:
+        raise ValueError("no valid score")
+    return min(scores, key=lambda epoch: (-scores[epoch], epoch))
+
+
 def equal_loss_targets(curves: Dict[str, Curve], explicit: Sequence[float],
                        metric: str = "loss") -> Dict[str, Tuple[str, float]]:
     """The valid losses (metric "loss", label-smoothed, what fairseq's early stopping and
@@ -190,6 +201,9 @@ def main(argv=None):
                         help="also score these epochs (e.g. every 20th, to follow a measure through training)")
     parser.add_argument("--valid", action="store_true",
                         help="also score the valid split at each run's best epoch (what choices may use)")
+    parser.add_argument("--select-on-valid-score", action="store_true",
+                        help="with --valid: also decode valid at every --epochs epoch and add the point "
+                             "'best valid score' (the epoch with the highest valid BLEU / ROUGE-L)")
     parser.add_argument("--runs", nargs="*", help="run directory names to report (default: every trained run)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for bench/diagnose.py")
     args = parser.parse_args(argv)
@@ -198,6 +212,8 @@ def main(argv=None):
         parser.error(f"--run-dir {run_dir} does not exist (train with bench/ablation.sh first)")
     if not Path(args.data_bin).is_dir():
         parser.error(f"--data-bin {args.data_bin} does not exist")
+    if args.select_on_valid_score and not (args.valid and args.epochs):
+        parser.error("--select-on-valid-score needs --valid and --epochs (the epochs to choose from)")
     if any(p < 1 for p in args.patience):
         parser.error("--patience values must be >= 1")
     # every run with a validated epoch; one still training (or stopped early by hand) is
@@ -224,9 +240,17 @@ def main(argv=None):
         losses = dict(curve)
         points = stopping_points(curve, args.patience, targets, args.epochs, nll_curves[run.name])
         valid = evaluate(run, points["best"], args.task, args.data_bin, args.python, "valid") if args.valid else None
+        valid_scores = {points["best"]: valid["score"]} if valid else {}
+        if args.select_on_valid_score:
+            for epoch in args.epochs:
+                if epoch in losses:
+                    valid_scores[epoch] = evaluate(run, epoch, args.task, args.data_bin, args.python, "valid")["score"]
+            points["best valid score"] = best_scoring_epoch(valid_scores)
         summary.append({"run": run.name, "epochs": curve[-1][0], "complete": (run / "trained").exists(),
                         "best_epoch": points["best"], "best_valid_loss": losses[points["best"]],
-                        "valid_score_at_best": valid["score"] if valid else None, "train_seconds": logs[run][1]})
+                        "valid_score_at_best": valid["score"] if valid else None,
+                        "valid_scores": {str(e): valid_scores[e] for e in sorted(valid_scores)},
+                        "train_seconds": logs[run][1]})
         for point, epoch in points.items():
             result = evaluate(run, epoch, args.task, args.data_bin, args.python) if epoch is not None else None
             rows.append({"run": run.name, "point": point, "epoch": epoch, "valid_loss": losses.get(epoch),

@@ -178,6 +178,8 @@ def test_patience_simulation_follows_fairseqs_rule():
     assert report.patience_stop(curve[:9], 3) == (5, 4, True)
     assert report.patience_stop(curve[5:], 3) == (9, 6, True)  # 7, 8, 9 no better than 6
     assert report.patience_stop(curve, 4) == (10, 10, False)  # the curve ends first
+    assert report.best_scoring_epoch({10: 14.7, 20: 15.8, 30: 17.8, 40: 17.8}) == 30  # earliest of a tie
+    assert report.best_scoring_epoch({5: 1.0}) == 5
     assert report.best_epoch(curve) == 10 and report.best_epoch(curve[:5]) == 4
     assert report.first_epoch_at_or_below(curve, 7.6) == 6
     assert report.first_epoch_at_or_below(curve, 6.0) is None

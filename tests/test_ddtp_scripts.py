@@ -349,7 +349,8 @@ def test_ablation_trains_each_variant_for_the_budget_and_reports_every_stopping_
 
     data_bin = str(work / "data/ddtp-quality-4k/bin/translation-en-de")
     report = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ablation_report.py"), "--run-dir", str(run_dir),
-                             "--data-bin", data_bin, "--patience", "1", "--valid"],
+                             "--data-bin", data_bin, "--patience", "1", "--valid", "--epochs", "1", "2",
+                             "--select-on-valid-score"],
                             cwd=str(work), env=env, capture_output=True, text=True, timeout=600)
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     result = json.loads((run_dir / "report.json").read_text())
@@ -373,6 +374,14 @@ def test_ablation_trains_each_variant_for_the_budget_and_reports_every_stopping_
     for summary in result["runs"]:  # --valid: the valid split decoded at the best epoch
         score_txt = run_dir / summary["run"] / f"eval-valid-epoch{summary['best_epoch']}" / "score.txt"
         assert f"BLEU = {summary['valid_score_at_best']:.2f}" in score_txt.read_text()
+        # --select-on-valid-score: valid decoded at every listed epoch, the highest one chosen
+        scores = {int(e): s for e, s in summary["valid_scores"].items()}
+        assert sorted(scores) == [1, 2]
+        for epoch, score in scores.items():
+            valid_txt = (run_dir / summary["run"] / f"eval-valid-epoch{epoch}" / "score.txt").read_text()
+            assert f"BLEU = {score:.2f}" in valid_txt
+        (chosen,) = [r["epoch"] for r in result["rows"] if r["run"] == summary["run"] and r["point"] == "best valid score"]
+        assert scores[chosen] == max(scores.values()) and chosen == min(e for e in scores if scores[e] == max(scores.values()))
     assert "| attention_mse-seed1 | best |" in (run_dir / "report.md").read_text()
 
     sys.path.insert(0, os.path.join(ROOT, "bench"))
