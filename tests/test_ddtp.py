@@ -452,3 +452,37 @@ def test_pairs_hold_one_positive_and_one_negative_from_another_source(tmp_path):
     assert all(len(splits) == 1 for splits in seen.values())  # no synopsis in two splits
     stats = json.loads((out / "stats.json").read_text())
     assert stats["labels"]["train"] == {"0": stats["train"] // 2, "1": stats["train"] // 2}
+
+
+def test_pretraining_text_holds_no_valid_or_test_package_of_either_task(tmp_path):
+    n = 40
+    en = "".join(f"Package: p{i}\nDescription-md5: {i:032d}\nDescription-en: english synopsis {i}\n long text {i}\n\n"
+                 for i in range(n))
+    de = "".join(f"Package: p{i}\nDescription-md5: {i:032d}\nDescription-de: deutsche Kurzbeschreibung {i}\n langer Text {i}\n\n"
+                 for i in range(0, n, 2))   # every other description is translated
+    pk = "".join(f"Package: p{i}\nSource: s{i // 2}\nSection: {('libs', 'net')[i % 3 == 0]}\nDescription-md5: {i:032d}\n\n"
+                 for i in range(n))
+    files = [_write(tmp_path / name, text) for name, text in (("en", en), ("de", de), ("pk", pk))]
+    sizes = ["--valid-size", "4", "--test-size", "4"]
+    outs = {}
+    for task in ("classification", "pairs", "pretraining"):
+        outs[task] = tmp_path / task
+        args = [task, "--en", files[0], "--packages", files[2], "--out", str(outs[task])] + sizes
+        assert ddtp.main(args + ([] if task == "classification" else ["--de", files[1]])) == 0
+    number = lambda text: int(text.split()[2])   # "english synopsis 7 ..." -> 7
+    held = set()
+    for task, columns in (("classification", ["input0"]), ("pairs", ["input0", "input1"])):
+        for split in ("valid", "test"):
+            for column in columns:
+                held |= {number(t) // 2 for t in (outs[task] / f"{split}.{column}").read_text().splitlines()}
+    assert held   # both tasks hold packages out
+    pre = {f"{split}.{lang}": (outs["pretraining"] / f"{split}.{lang}").read_text().splitlines()
+           for split in ("train", "valid") for lang in ("en", "de")}
+    sources = {number(line) // 2 for lines in pre.values() for line in lines}
+    assert sources and not sources & held
+    # every other source is kept in both languages, the whole description on one line
+    assert sources == set(range(n // 2)) - held
+    assert f"english synopsis {2 * min(sources)} long text {2 * min(sources)}" in pre["train.en"] + pre["valid.en"]
+    assert len(pre["train.de"]) + len(pre["valid.de"]) == len(sources)   # s{k} has one German text: p{2k}
+    stats = json.loads((outs["pretraining"] / "stats.json").read_text())
+    assert stats["train_en"] == len(pre["train.en"]) and stats["held_out_sources"] == len(held)

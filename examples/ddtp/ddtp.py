@@ -30,7 +30,10 @@ pairs are kept (0: all). Pair classification (English + German index): input0 = 
 synopsis, input1 = a German synopsis, label 1 when they are translations of each other
 (the same Description-md5) and 0 otherwise; each English synopsis gets one positive and one
 negative, the negative's German synopsis drawn (seeded by --salt) from another source
-package of the SAME split, so no text crosses splits.
+package of the SAME split, so no text crosses splits. Pre-training text (English and German
+indexes + Packages): every description, English and German, whose source package is in the
+train split of BOTH classification and pairs (as they split it with the same options), so an
+encoder or language model pre-trained on it has seen no valid or test text of either task.
 
 Splits: by SOURCE package, so near-identical descriptions of sibling binary packages (foo,
 foo-data, libfoo1, ...) never straddle train/valid/test. Source packages are ordered by a
@@ -53,6 +56,8 @@ CLI:
   ddtp.py summarization --index-dir DIR | --en F..          [--packages F..]  --out DIR
   ddtp.py classification --index-dir DIR | --en F..         --packages F..    --out DIR [--top-classes N]
   ddtp.py pairs         --index-dir DIR | --en F.. --de F.. [--packages F..]  --out DIR
+  ddtp.py pretraining   --index-dir DIR | --en F.. --de F.. --packages F..    --out DIR
+                        [--top-classes N --pretrain-valid-size S]  (OUT/{train,valid}.{en,de})
   ddtp.py locate --index-dir DIR      (prints the index files it finds, exits 1 if none)
   ddtp.py apt-source [--uri U --suite S] (deb822 stanza for prepare.sh's private apt)
 Options: --valid-size (default 0.02), --test-size (default 0.02), --max-words (default 100),
@@ -686,14 +691,29 @@ def _label_counts(splits):
             for split, rows in splits.items()}
 
 
+def _classification_data(en, pk_files, smap, max_words=100, top_classes=0):
+    """((description, section) per example, source package per example, stats)."""
+    examples, stats = classification_examples(en, read_sections(pk_files), max_words, top_classes)
+    sources = [smap.lookup(md5, pkgs) for md5, pkgs, _, _ in examples]
+    return [(text, label) for _, _, text, label in examples], sources, stats
+
+
+def _pair_data(en, de, smap, max_words=100):
+    """((English synopsis, German synopsis) per translated description, source per pair)."""
+    positives, sources = [], []
+    for md5, (pkgs, en_syn, _) in en.items():
+        if md5 in de and ok_pair(en_syn, de[md5][1], 1, max_words):
+            positives.append((en_syn, de[md5][1]))
+            sources.append(smap.lookup(md5, pkgs + de[md5][0]))
+    return positives, sources
+
+
 def build_classification(en_files, pk_files, out_dir, valid_size=0.02, test_size=0.02,
                          max_words=100, max_pairs=0, salt="ddtp", top_classes=0):
     en = read_translation(en_files, "en")
     smap = _source_map(pk_files)
-    examples, stats = classification_examples(en, read_sections(pk_files), max_words, top_classes)
-    sources = [smap.lookup(md5, pkgs) for md5, pkgs, _, _ in examples]
-    splits, sstats = split_pairs([(text, label) for _, _, text, label in examples], sources,
-                                 valid_size, test_size, salt, max_pairs)
+    texts, sources, stats = _classification_data(en, pk_files, smap, max_words, top_classes)
+    splits, sstats = split_pairs(texts, sources, valid_size, test_size, salt, max_pairs)
     stats.update(sstats)
     stats = dict(stats, descriptions_en=len(en), sources_guessed=smap.guessed,
                  labels=_label_counts(splits))
@@ -706,11 +726,7 @@ def build_pairs(en_files, de_files, pk_files, out_dir, valid_size=0.02, test_siz
     en = read_translation(en_files, "en")
     de = read_translation(de_files, "de")
     smap = _source_map(pk_files)
-    positives, sources = [], []
-    for md5, (pkgs, en_syn, _) in en.items():
-        if md5 in de and ok_pair(en_syn, de[md5][1], 1, max_words):
-            positives.append((en_syn, de[md5][1]))
-            sources.append(smap.lookup(md5, pkgs + de[md5][0]))
+    positives, sources = _pair_data(en, de, smap, max_words)
     splits, stats = split_pairs(positives, sources, valid_size, test_size, salt, max_pairs)
     source_of = dict(zip(positives, sources))
     examples = translation_pair_examples(
@@ -723,6 +739,53 @@ def build_pairs(en_files, de_files, pk_files, out_dir, valid_size=0.02, test_siz
     return examples, stats
 
 
+def build_pretraining(en_files, de_files, pk_files, out_dir, valid_size=0.02, test_size=0.02,
+                      max_words=100, salt="ddtp", top_classes=0, pretrain_valid_size=0.01):
+    """Text for pre-training an encoder (or a language model) before fine-tuning on the
+    classification and pair tasks: every English and German description whose source
+    package is in the TRAIN split of both tasks, as those tasks split it with the same
+    settings, so no valid or test text of either task is seen in pre-training. The kept
+    sources are split once more (salt + "/pretraining") into train and a valid set of
+    pretrain_valid_size descriptions. Writes OUT/{train,valid}.{en,de}, one description
+    (synopsis and paragraphs joined) per line, and stats.json."""
+    en = read_translation(en_files, "en")
+    de = read_translation(de_files, "de")
+    smap = _source_map(pk_files)
+    held_out = set()
+    texts, sources, _ = _classification_data(en, pk_files, smap, max_words, top_classes)
+    for data_sources in (sources, _pair_data(en, de, smap, max_words)[1]):
+        assignment = assign_splits(data_sources, valid_size, test_size, salt)
+        held_out.update(s for s, split in assignment.items() if split != "train")
+    lines, line_sources = [], []
+    for md5, (pkgs, syn, pars) in en.items():
+        source = smap.lookup(md5, pkgs + (de[md5][0] if md5 in de else []))
+        if source in held_out:
+            continue
+        german = " ".join([de[md5][1]] + de[md5][2]) if md5 in de else ""
+        lines.append((normalize(" ".join([syn] + pars)), normalize(german)))
+        line_sources.append(source)
+    assignment = assign_splits(line_sources, pretrain_valid_size, 0, salt + "/pretraining")
+    out = {"train": [], "valid": []}
+    for row, source in zip(lines, line_sources):
+        out[assignment[source]].append(row)
+    stats = {"held_out_sources": len(held_out), "descriptions_en": len(en),
+             "descriptions_de": len(de), "sources_guessed": smap.guessed}
+    for split, rows in out.items():
+        stats[split + "_en"] = sum(1 for e, _ in rows if e)
+        stats[split + "_de"] = sum(1 for _, g in rows if g)
+        stats[split + "_words"] = sum(len(e.split()) + len(g.split()) for e, g in rows)
+    stats_path = os.path.join(out_dir, "stats.json")
+    if os.path.exists(stats_path):
+        os.unlink(stats_path)
+    for split, rows in out.items():
+        for index, lang in enumerate(("en", "de")):
+            write_atomic(os.path.join(out_dir, "%s.%s" % (split, lang)),
+                         "".join(row[index] + "\n" for row in rows if row[index]))
+    write_atomic(stats_path, json.dumps(stats, indent=1, sort_keys=True) + "\n")
+    stats.update(train=len(out["train"]), valid=len(out["valid"]), test=0)
+    return out, stats
+
+
 def _size(text):
     value = float(text)
     if value < 0:
@@ -733,15 +796,18 @@ def _size(text):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd")
-    for name in ("translation", "summarization", "classification", "pairs"):
+    for name in ("translation", "summarization", "classification", "pairs", "pretraining"):
         p = sub.add_parser(name)
         p.add_argument("--index-dir", help="directory holding Translation-*/Packages files")
         p.add_argument("--en", nargs="+", help="Translation-en file(s)")
-        if name in ("translation", "pairs"):
+        if name in ("translation", "pairs", "pretraining"):
             p.add_argument("--de", nargs="+", help="Translation-de file(s)")
-        if name == "classification":
+        if name in ("classification", "pretraining"):
             p.add_argument("--top-classes", type=int, default=0,
                            help="keep the N most frequent sections (0: all)")
+        if name == "pretraining":
+            p.add_argument("--pretrain-valid-size", type=_size, default=0.01,
+                           help="fraction (<1) or number (>=1) of kept descriptions for valid")
         p.add_argument("--packages", nargs="+", help="Packages file(s) (source packages)")
         p.add_argument("--out", required=True, help="output directory")
         p.add_argument("--valid-size", type=_size, default=0.02,
@@ -813,6 +879,14 @@ def main(argv=None):
         en, de, pk = _inputs(args, True)
         _, stats = build_pairs(en, de, pk, args.out, args.valid_size, args.test_size,
                                args.max_words, args.max_pairs, args.salt)
+    elif args.cmd == "pretraining":
+        en, de, pk = _inputs(args, True)
+        if not pk:
+            raise SystemExit("error: pretraining needs a Packages index (--packages or --index-dir): "
+                             "it splits like the classification task, whose labels come from it")
+        _, stats = build_pretraining(en, de, pk, args.out, args.valid_size, args.test_size,
+                                     args.max_words, args.salt, args.top_classes,
+                                     args.pretrain_valid_size)
     else:
         ap.print_help()
         return 2

@@ -3,6 +3,8 @@
 output) with GLUE's metric for the task, computed by scikit-learn / scipy.
 
 Inputs:  --checkpoint (from examples/glue/train.sh), --data-bin (prepare.py's output), --task
+         (a GLUE task, or `other`: accuracy of any single-label classifier, e.g. the DDTP
+         tasks of examples/ddtp/finetune.sh), --split (valid; test where the data has one)
 Outputs: one JSON line on stdout: {"task", "checkpoint", "examples", and the task's metrics:
          accuracy; F1 (MRPC, QQP); MCC (CoLA); Pearson and Spearman (STS-B)}, metrics x 100.
 Knobs:   --batch-size (default 32), --cpu (default: a GPU when torch sees one).
@@ -17,7 +19,7 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 REPO = Path(__file__).resolve().parents[2]
-TASKS = ("CoLA", "SST-2", "MRPC", "QQP", "STS-B", "MNLI", "QNLI", "RTE")
+TASKS = ("CoLA", "SST-2", "MRPC", "QQP", "STS-B", "MNLI", "QNLI", "RTE", "other")
 
 
 def fail(message):
@@ -25,8 +27,8 @@ def fail(message):
     sys.exit(2)
 
 
-def predictions(checkpoint: Path, data_bin: Path, batch_size: int, cpu: bool):
-    """(predictions, targets) over the valid split, in dataset order."""
+def predictions(checkpoint: Path, data_bin: Path, batch_size: int, cpu: bool, split: str = "valid"):
+    """(predictions, targets) over one split, in dataset order."""
     sys.path.insert(0, str(REPO))
     import fairseq_lrdrop  # noqa: F401  (the lr_drop_ models; checkpoint loading on torch >= 2.6)
     from fairseq import checkpoint_utils
@@ -36,8 +38,8 @@ def predictions(checkpoint: Path, data_bin: Path, batch_size: int, cpu: bool):
     use_cuda = torch.cuda.is_available() and not cpu
     if use_cuda:
         model.cuda()
-    task.load_dataset("valid")
-    dataset = task.dataset("valid")
+    task.load_dataset(split)
+    dataset = task.dataset(split)
     head = cfg.criterion.get("classification_head_name", "sentence_classification_head")
     regression = cfg.task.regression_target
     predicted, gold = [], []
@@ -71,6 +73,7 @@ def main():
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--data-bin", type=Path, required=True)
     parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--split", default="valid", help="valid (GLUE's dev) or test")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args()
@@ -78,8 +81,10 @@ def main():
         fail(f"--checkpoint: {args.checkpoint} not found")
     if not (args.data_bin / "input0" / "dict.txt").is_file():
         fail(f"--data-bin: {args.data_bin}/input0/dict.txt not found (run examples/glue/prepare.py)")
-    predicted, gold = predictions(args.checkpoint, args.data_bin, args.batch_size, args.cpu)
-    result = {"task": args.task, "checkpoint": str(args.checkpoint), "examples": len(gold),
+    if not (args.data_bin / "input0" / f"{args.split}.idx").is_file():
+        fail(f"--split: {args.data_bin}/input0/{args.split}.idx not found (the data has no {args.split} split)")
+    predicted, gold = predictions(args.checkpoint, args.data_bin, args.batch_size, args.cpu, args.split)
+    result = {"task": args.task, "split": args.split, "checkpoint": str(args.checkpoint), "examples": len(gold),
               **{k: round(v, 2) for k, v in scores(args.task, predicted, gold).items()}}
     print(json.dumps(result))
 

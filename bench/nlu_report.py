@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Tables of the DDTP fine-tuning study (bench/nlu_study.sh): per task and train-set size,
+test accuracy of baseline, R-Drop and LR-Drop over seeds (mean, sample standard deviation,
+every seed), its difference to the baseline with Welch's t-test (scipy), and training time;
+plus the valid accuracies that chose LR-Drop's weights.
+
+Inputs:  --run-dir (default runs/ddtp-nlu): <task>-<size>-<mode>...-seed<k>/result.json and
+         <task>-<size>-lrdrop-choice.txt
+Outputs: RUN_DIR/report.md (printed too), RUN_DIR/report.json, and with --plot FILE a strip
+         plot of test accuracy per seed (matplotlib)
+"""
+import argparse
+import glob
+import json
+import os
+import statistics
+import sys
+
+from scipy.stats import ttest_ind
+
+MODES = ("baseline", "rdrop", "lrdrop")
+NAMES = {"baseline": "baseline", "rdrop": "R-Drop", "lrdrop": "LR-Drop"}
+
+
+def load(run_dir):
+    results = []
+    for path in sorted(glob.glob(os.path.join(run_dir, "*-seed*", "result.json"))):
+        with open(path) as fh:
+            results.append(json.load(fh))
+    choices = {}
+    for path in glob.glob(os.path.join(run_dir, "*-lrdrop-choice.txt")):
+        key = os.path.basename(path)[: -len("-lrdrop-choice.txt")]
+        with open(path) as fh:
+            fields = fh.read().split()
+        choices[key] = {"weights": fields[0], "valid": dict(f.split("=") for f in fields[1:])}
+    return results, choices
+
+
+def summarize(values):
+    """mean and sample standard deviation (0 for a single value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def compare(mode_values, baseline_values):
+    """Difference of means and Welch's t-test p-value (None when either side has < 2 seeds)."""
+    diff = statistics.mean(mode_values) - statistics.mean(baseline_values)
+    if len(mode_values) < 2 or len(baseline_values) < 2:
+        return diff, None
+    return diff, float(ttest_ind(mode_values, baseline_values, equal_var=False).pvalue)
+
+
+def study(results, choices):
+    """{(task, size): {mode: {...}}} over the runs that count: baseline, R-Drop, and LR-Drop
+    with the weights chosen on valid (every run when no choice was recorded)."""
+    groups = {}
+    for r in results:
+        key = "%s-%s" % (r["task"], r["size"])
+        if r["mode"] == "lrdrop" and key in choices and r["weights"] != choices[key]["weights"]:
+            continue
+        groups.setdefault(key, {}).setdefault(r["mode"], []).append(r)
+    table = {}
+    for key, modes in sorted(groups.items()):
+        base = sorted(modes.get("baseline", []), key=lambda r: r["seed"])
+        for mode in MODES:
+            runs = sorted(modes.get(mode, []), key=lambda r: r["seed"])
+            if not runs:
+                continue
+            test = [r["test_accuracy"] for r in runs]
+            mean, std = summarize(test)
+            row = {"weights": runs[0]["weights"], "seeds": [r["seed"] for r in runs], "test": test,
+                   "test_mean": mean, "test_std": std,
+                   "valid_mean": statistics.mean(r["valid_accuracy"] for r in runs),
+                   "train_seconds_mean": statistics.mean(r["train_seconds"] for r in runs)}
+            if mode != "baseline" and base:
+                row["diff"], row["p_welch"] = compare(test, [r["test_accuracy"] for r in base])
+                row["time_ratio"] = row["train_seconds_mean"] / statistics.mean(r["train_seconds"] for r in base)
+            table.setdefault(key, {})[mode] = row
+    return table
+
+
+def markdown(table, choices):
+    lines = ["| task, train size | mode | weights (alpha,beta,gamma) | test accuracy, mean ± sd | per seed | "
+             "Δ vs baseline | Welch p | valid accuracy (mean) | train time per run | time / baseline |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for key, modes in table.items():
+        for mode, row in modes.items():
+            diff = "%+.2f" % row["diff"] if "diff" in row else ""
+            p = "%.3f" % row["p_welch"] if row.get("p_welch") is not None else ""
+            ratio = "%.2fx" % row["time_ratio"] if "time_ratio" in row else ""
+            lines.append("| %s | %s | %s | %.2f ± %.2f | %s | %s | %s | %.2f | %.0f s | %s |" % (
+                key, NAMES[mode], row["weights"], row["test_mean"], row["test_std"],
+                " ".join("%.1f" % v for v in row["test"]), diff, p, row["valid_mean"],
+                row["train_seconds_mean"], ratio))
+    if choices:
+        lines += ["", "LR-Drop's weights, chosen on valid accuracy (seed 1):", "",
+                  "| task, train size | valid accuracy per triple | chosen |", "|---|---|---|"]
+        for key, choice in sorted(choices.items()):
+            lines.append("| %s | %s | %s |" % (key, ", ".join("%s: %s" % kv for kv in choice["valid"].items()),
+                                               choice["weights"]))
+    return "\n".join(lines) + "\n"
+
+
+def plot(table, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(table)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for x, mode in enumerate(m for m in MODES if m in table[key]):
+            row = table[key][mode]
+            ax.scatter([x] * len(row["test"]), row["test"], alpha=0.7)
+            ax.errorbar([x + 0.15], [row["test_mean"]], yerr=[row["test_std"]], fmt="o", color="black")
+        ax.set_xticks(range(len(table[key])))
+        ax.set_xticklabels([NAMES[m] for m in MODES if m in table[key]])
+        ax.set_title(key)
+        ax.set_ylabel("test accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run-dir", default="runs/ddtp-nlu")
+    ap.add_argument("--plot", help="write a PNG strip plot of test accuracy per seed here")
+    args = ap.parse_args(argv)
+    results, choices = load(args.run_dir)
+    if not results:
+        sys.exit("error: no */result.json under --run-dir %s (run bench/nlu_study.sh)" % args.run_dir)
+    table = study(results, choices)
+    text = markdown(table, choices)
+    with open(os.path.join(args.run_dir, "report.md"), "w") as fh:
+        fh.write(text)
+    with open(os.path.join(args.run_dir, "report.json"), "w") as fh:
+        json.dump({"table": table, "choices": choices}, fh, indent=1, sort_keys=True)
+    if args.plot:
+        plot(table, args.plot)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Fine-tune the pre-trained small RoBERTa (examples/ddtp/pretrain.sh) on a DDTP NLU task, plain,
+# with R-Drop or with LR-Drop, then score its best-valid checkpoint on the test split with
+# stock fairseq-validate.
+#
+# Inputs:  $DATA_DIR/bin/$TASK-$SIZE (examples/ddtp/prepare-nlu.sh); $PRETRAINED
+# Outputs: $SAVE_DIR/checkpoint_best.pt (best valid accuracy), train.log (JSON lines),
+#          command.txt, result.json ({task, size, mode, seed, weights, valid_accuracy,
+#          test_accuracy, train_seconds, epochs}); a rerun with result.json present does nothing
+#
+# Environment knobs (default):
+#   TASK=classification       classification (10 Debian sections) | pairs (En-De synopsis match)
+#   SIZE=1000                 train-set size binarized by prepare-nlu.sh (1000, 10000, all)
+#   MODE=lrdrop               baseline | rdrop | lrdrop
+#   HIDDEN_REG_WEIGHT=0.1 ATTN_REG_WEIGHT=0.1 OUTPUT_REG_WEIGHT=1.0   alpha, beta, gamma
+#                             (rdrop: alpha = beta = 0; baseline: stock sentence_prediction)
+#   DATA_DIR=data/ddtp-nlu    PRETRAINED=runs/ddtp-nlu/pretrained/checkpoint_last.pt
+#   SAVE_DIR=runs/ddtp-nlu/$TASK-$SIZE-$MODE-seed$SEED
+#   model: LAYERS=2 EMBED_DIM=128 FFN_DIM=512 HEADS=4 MAX_POSITIONS=128 (as pre-trained)
+#   MAX_EPOCH=10 BATCH_SIZE=32 LR=2e-4 WARMUP_RATIO=0.06 DROPOUT=0.1 SEED=1
+#   THREADS=                  torch threads (empty: torch's default)
+#   PYTHON=python (the venv's)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+source "$HERE/encoder.sh"
+TASK="${TASK:-classification}" SIZE="${SIZE:-1000}" MODE="${MODE:-lrdrop}"
+HIDDEN_REG_WEIGHT="${HIDDEN_REG_WEIGHT:-0.1}" ATTN_REG_WEIGHT="${ATTN_REG_WEIGHT:-0.1}" OUTPUT_REG_WEIGHT="${OUTPUT_REG_WEIGHT:-1.0}"
+DATA_DIR="${DATA_DIR:-data/ddtp-nlu}"
+PRETRAINED="${PRETRAINED:-runs/ddtp-nlu/pretrained/checkpoint_last.pt}"
+SEED="${SEED:-1}"
+SAVE_DIR="${SAVE_DIR:-runs/ddtp-nlu/$TASK-$SIZE-$MODE-seed$SEED}"
+MAX_EPOCH="${MAX_EPOCH:-10}" BATCH_SIZE="${BATCH_SIZE:-32}" LR="${LR:-2e-4}" WARMUP_RATIO="${WARMUP_RATIO:-0.06}"
+DROPOUT="${DROPOUT:-0.1}" THREADS="${THREADS:-}" PYTHON="${PYTHON:-python}"
+
+die() { echo "error: $*" >&2; exit 1; }
+case "$TASK" in classification|pairs) ;; *) die "TASK=$TASK: choose classification or pairs" ;; esac
+case "$MODE" in
+  baseline) CRITERION=(--criterion sentence_prediction); HIDDEN_REG_WEIGHT=0 ATTN_REG_WEIGHT=0 OUTPUT_REG_WEIGHT=0 ;;
+  rdrop) HIDDEN_REG_WEIGHT=0 ATTN_REG_WEIGHT=0 ;;
+  lrdrop) ;;
+  *) die "MODE=$MODE: choose baseline, rdrop or lrdrop" ;;
+esac
+[[ "$MODE" == baseline ]] || CRITERION=(--criterion lr_drop_sentence_prediction --hidden-reg-weight "$HIDDEN_REG_WEIGHT"
+  --attn-reg-weight "$ATTN_REG_WEIGHT" --output-reg-weight "$OUTPUT_REG_WEIGHT")
+for knob in HIDDEN_REG_WEIGHT ATTN_REG_WEIGHT OUTPUT_REG_WEIGHT LR WARMUP_RATIO DROPOUT; do
+  [[ "${!knob}" =~ ^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]] || die "$knob must be a number, got '${!knob}'"
+done
+for knob in MAX_EPOCH BATCH_SIZE SEED; do [[ "${!knob}" =~ ^[1-9][0-9]*$|^0$ ]] || die "$knob must be a whole number, got '${!knob}'"; done
+DATA_BIN="$DATA_DIR/bin/$TASK-$SIZE"
+[[ -f "$DATA_BIN/label/dict.txt" && -f "$DATA_BIN/input0/train.idx" ]] || die "$DATA_BIN/input0 or label missing (run: TRAIN_SIZES=\"... $SIZE\" bash examples/ddtp/prepare-nlu.sh, or set DATA_DIR)"
+[[ -s "$PRETRAINED" ]] || die "PRETRAINED=$PRETRAINED missing (run: bash examples/ddtp/pretrain.sh)"
+if [[ -s "$SAVE_DIR/result.json" ]]; then cat "$SAVE_DIR/result.json"; exit 0; fi
+[[ -z "$THREADS" ]] || export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
+
+# fairseq-preprocess pads a dictionary with "madeupword" entries unless --padding-factor 1
+CLASSES=$(grep -vc '^madeupword' "$DATA_BIN/label/dict.txt")
+TRAIN_EXAMPLES=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]["train"])' "$DATA_DIR/bin/stats.json" "$TASK-$SIZE")
+TOTAL_UPDATES=$(( (TRAIN_EXAMPLES + BATCH_SIZE - 1) / BATCH_SIZE * MAX_EPOCH ))
+WARMUP=$("$PYTHON" -c "print(max(1, int($TOTAL_UPDATES * $WARMUP_RATIO)))")
+DEVICE=()
+[[ "$("$PYTHON" -c 'import torch; print(torch.cuda.is_available())')" == True ]] || DEVICE=(--cpu)
+
+rm -rf "$SAVE_DIR"; mkdir -p "$SAVE_DIR"
+CMD=("$PYTHON" -m fairseq_cli.train "$DATA_BIN" --user-dir "$REPO/fairseq_lrdrop"
+  --task sentence_prediction --arch lr_drop_roberta "${ENCODER_ARGS[@]}" --num-classes "$CLASSES"
+  --init-token 0 --separator-token 2 --shorten-method truncate "${CRITERION[@]}"
+  --restore-file "$PRETRAINED" --reset-optimizer --reset-dataloader --reset-meters --reset-lr-scheduler
+  --dropout "$DROPOUT" --attention-dropout "$DROPOUT"
+  --optimizer adam --adam-betas '(0.9,0.98)' --adam-eps 1e-06 --weight-decay 0.1 --clip-norm 0.0
+  --lr-scheduler polynomial_decay --lr "$LR" --warmup-updates "$WARMUP" --total-num-update "$TOTAL_UPDATES"
+  --batch-size "$BATCH_SIZE" --required-batch-size-multiple 1 --max-epoch "$MAX_EPOCH"
+  --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric
+  --no-epoch-checkpoints --no-last-checkpoints --num-workers 0 --seed "$SEED"
+  --save-dir "$SAVE_DIR" --log-format json --log-interval 100 --log-file "$SAVE_DIR/train.log"
+  "${DEVICE[@]}")
+printf '%q ' "${CMD[@]}" > "$SAVE_DIR/command.txt"; echo >> "$SAVE_DIR/command.txt"
+start=$SECONDS
+"${CMD[@]}" > "$SAVE_DIR/train.out" 2>&1 || { tail -n 20 "$SAVE_DIR/train.out" >&2; die "fine-tuning failed (log: $SAVE_DIR/train.out)"; }
+seconds=$((SECONDS - start))
+[[ -f "$SAVE_DIR/checkpoint_best.pt" ]] || die "fine-tuning ended without $SAVE_DIR/checkpoint_best.pt (see $SAVE_DIR/train.out)"
+# test accuracy through the checkpoint loader (stock fairseq-validate cannot run
+# sentence_prediction: its parser has no criterion, and the task's classification_head_name
+# interpolates the criterion's)
+CPU_FLAG=()
+[[ ${#DEVICE[@]} == 0 ]] || CPU_FLAG=(--cpu)
+"$PYTHON" "$REPO/examples/glue/evaluate.py" --checkpoint "$SAVE_DIR/checkpoint_best.pt" --data-bin "$DATA_BIN" \
+  --task other --split test "${CPU_FLAG[@]}" > "$SAVE_DIR/test.json" 2> "$SAVE_DIR/test.out" \
+  || { tail -n 20 "$SAVE_DIR/test.out" >&2; die "scoring the test split failed (log: $SAVE_DIR/test.out)"; }
+"$PYTHON" - "$SAVE_DIR" "$TASK" "$SIZE" "$MODE" "$SEED" "$HIDDEN_REG_WEIGHT,$ATTN_REG_WEIGHT,$OUTPUT_REG_WEIGHT" "$seconds" <<'PY'
+import json, os, sys
+save, task, size, mode, seed, weights, seconds = sys.argv[1:]
+valid = [json.loads(line.split("| valid | ", 1)[1]) for line in open(os.path.join(save, "train.out"))
+         if "| valid | " in line]
+if not valid:
+    sys.exit("error: no valid accuracy in %s/train.out" % save)
+test = json.load(open(os.path.join(save, "test.json")))
+result = dict(task=task, size=size, mode=mode, seed=int(seed), weights=weights, epochs=len(valid),
+              valid_accuracy=max(float(v["valid_accuracy"]) for v in valid),
+              test_accuracy=test["accuracy"], test_examples=test["examples"], train_seconds=int(seconds))
+tmp = os.path.join(save, "result.json.tmp")
+with open(tmp, "w") as fh:
+    json.dump(result, fh, sort_keys=True)
+    fh.write("\n")
+os.replace(tmp, os.path.join(save, "result.json"))
+print(json.dumps(result, sort_keys=True))
+PY

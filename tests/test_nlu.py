@@ -1,0 +1,163 @@
+"""The DDTP encoder-only study, offline: prepare-nlu.sh on tiny generated index files,
+pretrain.sh (masked_lm), finetune.sh on both tasks, bench/nlu_study.sh's weight choice on
+valid and bench/nlu_report.py's statistics; and the scripts' bad-input errors."""
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+from scipy.stats import t as student_t
+
+from test_ddtp_scripts import _env, write_indexes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EX = os.path.join(ROOT, "examples", "ddtp")
+sys.path.insert(0, EX)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import nlu  # noqa: E402
+import nlu_report  # noqa: E402
+
+TINY = dict(LAYERS=1, EMBED_DIM=16, FFN_DIM=32, HEADS=2, MAX_POSITIONS=64, MAX_UPDATE=3, WARMUP=1,
+            MAX_TOKENS=512, MAX_EPOCH=1, BATCH_SIZE=4, THREADS=1)
+
+
+def _bash(script, cwd, timeout=600, **extra):
+    return subprocess.run(["bash", script], cwd=str(cwd), env=_env(**extra), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _prepare(work, **extra):
+    return _bash(os.path.join(EX, "prepare-nlu.sh"), work, DDTP_INDEX_DIR=work / "idx", DATA_DIR=work / "data",
+                 VALID_SIZE=6, TEST_SIZE=6, TRAIN_SIZES="10 all", SPM_VOCAB=60, WORKERS=1,
+                 PRETRAIN_VALID_SIZE=2, **extra)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    work = tmp_path_factory.mktemp("nlu")
+    write_indexes(str(work / "idx"))
+    proc = _prepare(work)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return work, proc
+
+
+def _lines(path):
+    return path.read_text().splitlines()
+
+
+def test_prepare_nlu_shares_one_dictionary_and_draws_train_subsets(prepared):
+    work, proc = prepared
+    data = work / "data"
+    stats = json.loads((data / "bin/stats.json").read_text())
+    raw_train = len(_lines(data / "raw/classification/train.label"))
+    assert stats["classification-all"]["train"] == raw_train > 10 == stats["classification-10"]["train"]
+    assert stats["classification-10"]["test"] == len(_lines(data / "raw/classification/test.label"))
+    assert stats["pairs-all"]["valid"] == len(_lines(data / "raw/pairs/valid.label"))
+    pretraining_dict = (data / "bin/pretraining/dict.txt").read_text()
+    for name in ("classification-10", "classification-all", "pairs-10", "pairs-all"):
+        assert (data / "bin" / name / "input0/dict.txt").read_text() == pretraining_dict
+    assert (data / "bin/pairs-10/input1/dict.txt").read_text() == pretraining_dict
+    assert (data / "bin/lm-en/dict.txt").read_text() == pretraining_dict
+    # one label dictionary per task, the same for every size; the sections of the index
+    labels = [line.split()[0] for line in _lines(data / "bin/classification-all/label/dict.txt")]
+    assert sorted(labels) == ["devel", "doc", "libs"]
+    assert (data / "bin/classification-10/label/dict.txt").read_text() == (data / "bin/classification-all/label/dict.txt").read_text()
+    assert sum(stats["classification-10"]["labels"]["train"].values()) == 10
+    assert (data / "bin/pretraining/train.bin").stat().st_size > 0 and (data / "bin/spm.model").exists()
+    again = _prepare(work)
+    assert again.returncode == 0 and "NLU data cached" in again.stdout
+
+
+def test_train_subset_is_seeded_ordered_and_all_means_every_row():
+    rows = list(range(100))
+    first = nlu.train_subset(rows, "10", 1)
+    assert first == nlu.train_subset(rows, "10", 1) == sorted(first) and len(set(first)) == 10
+    assert first != nlu.train_subset(rows, "10", 2)
+    assert nlu.train_subset(rows, "all", 1) == rows == nlu.train_subset(rows, "500", 1)
+
+
+def test_study_chooses_lr_drop_weights_on_valid_and_reports_every_seed(prepared):
+    work, _ = prepared
+    run_dir = work / "study"
+    proc = _bash(os.path.join(ROOT, "bench/nlu_study.sh"), work, timeout=900, DDTP_INDEX_DIR=work / "idx",
+                 DATA_DIR=work / "data", VALID_SIZE=6, TEST_SIZE=6, TRAIN_SIZES="10 all", SPM_VOCAB=60,
+                 PRETRAIN_VALID_SIZE=2, WORKERS=1, RUN_DIR=run_dir, TASKS="classification", SIZES="10", SEEDS="1 2",
+                 WEIGHT_GRID="0.1,0.1,1 1,1,1", **TINY)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    grid = {t: json.loads((run_dir / f"classification-10-lrdrop-{t}-seed1/result.json").read_text())
+            for t in ("0.1,0.1,1", "1,1,1")}
+    best = max(grid, key=lambda t: (grid[t]["valid_accuracy"], t == "0.1,0.1,1"))
+    assert (run_dir / "classification-10-lrdrop-choice.txt").read_text().split()[0] == best
+    second = json.loads((run_dir / f"classification-10-lrdrop-{best}-seed2/result.json").read_text())
+    assert second["weights"] == best and second["seed"] == 2 and second["test_examples"] > 0
+    report = json.loads((run_dir / "report.json").read_text())["table"]["classification-10"]
+    for mode in ("baseline", "rdrop"):
+        runs = [json.loads((run_dir / f"classification-10-{mode}-seed{s}/result.json").read_text()) for s in (1, 2)]
+        assert report[mode]["test"] == [r["test_accuracy"] for r in runs]
+        assert report[mode]["test_mean"] == pytest.approx(statistics.mean(r["test_accuracy"] for r in runs))
+        assert runs[0]["weights"] == ("0,0,0" if mode == "baseline" else "0,0,1.0")
+        assert 0 <= runs[0]["test_accuracy"] <= 100 and runs[0]["epochs"] == 1
+    assert report["lrdrop"]["weights"] == best and report["lrdrop"]["seeds"] == [1, 2]
+    assert "| classification-10 | LR-Drop | %s |" % best in (run_dir / "report.md").read_text()
+    # a rerun trains nothing
+    again = _bash(os.path.join(ROOT, "bench/nlu_study.sh"), work, timeout=600, DDTP_INDEX_DIR=work / "idx",
+                  DATA_DIR=work / "data", VALID_SIZE=6, TEST_SIZE=6, TRAIN_SIZES="10 all", SPM_VOCAB=60,
+                  PRETRAIN_VALID_SIZE=2, WORKERS=1, RUN_DIR=run_dir, TASKS="classification", SIZES="10", SEEDS="1 2",
+                  WEIGHT_GRID="0.1,0.1,1 1,1,1", **TINY)
+    assert again.returncode == 0 and "pre-trained model cached" in again.stdout + again.stderr
+    assert second == json.loads((run_dir / f"classification-10-lrdrop-{best}-seed2/result.json").read_text())
+
+
+def test_pair_task_fine_tunes_with_lr_drop_and_scores_the_test_split(prepared, tmp_path):
+    work, _ = prepared
+    pre = _bash(os.path.join(EX, "pretrain.sh"), work, DATA_DIR=work / "data", SAVE_DIR=tmp_path / "pre", **TINY)
+    assert pre.returncode == 0, pre.stdout + pre.stderr
+    proc = _bash(os.path.join(EX, "finetune.sh"), work, DATA_DIR=work / "data", TASK="pairs", SIZE="all",
+                 MODE="lrdrop", PRETRAINED=tmp_path / "pre/checkpoint_last.pt", SAVE_DIR=tmp_path / "ft", **TINY)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "ft/result.json").read_text())
+    assert result["test_examples"] == len(_lines(work / "data/raw/pairs/test.label"))
+    assert result["weights"] == "0.1,0.1,1.0" and result["task"] == "pairs"
+    log = (tmp_path / "ft/train.out").read_text()
+    assert '"train_hidden_reg"' in log and '"train_attn_reg"' in log and "--restore-file" in (tmp_path / "ft/command.txt").read_text()
+
+
+def test_report_statistics_match_welchs_formula(tmp_path):
+    values = {"baseline": [60.0, 62.0, 61.0], "rdrop": [63.0, 64.5, 62.5]}
+    for mode, accs in values.items():
+        for seed, acc in enumerate(accs, 1):
+            d = tmp_path / f"classification-1000-{mode}-seed{seed}"
+            d.mkdir()
+            (d / "result.json").write_text(json.dumps(dict(
+                task="classification", size="1000", mode=mode, seed=seed, weights="0,0,1", epochs=3,
+                valid_accuracy=acc + 1, test_accuracy=acc, test_examples=100, train_seconds=10 * (2 if mode == "rdrop" else 1))))
+    assert nlu_report.main(["--run-dir", str(tmp_path), "--plot", str(tmp_path / "plot.png")]) == 0
+    row = json.loads((tmp_path / "report.json").read_text())["table"]["classification-1000"]["rdrop"]
+    a, b = values["rdrop"], values["baseline"]
+    va, vb = statistics.variance(a) / 3, statistics.variance(b) / 3
+    t = (statistics.mean(a) - statistics.mean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
+    assert row["diff"] == pytest.approx(2.3333333)
+    assert row["p_welch"] == pytest.approx(2 * student_t.sf(abs(t), df))
+    assert row["test_std"] == pytest.approx(math.sqrt(((63 - 63.3333) ** 2 + (64.5 - 63.3333) ** 2 + (62.5 - 63.3333) ** 2) / 2), rel=1e-4)
+    assert row["time_ratio"] == pytest.approx(2.0)
+    assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_bad_input_is_one_line_before_work(tmp_path):
+    cases = [
+        (os.path.join(EX, "finetune.sh"), dict(TASK="sentiment"), "TASK=sentiment"),
+        (os.path.join(EX, "finetune.sh"), dict(DATA_DIR=tmp_path / "none"), "prepare-nlu.sh"),
+        (os.path.join(EX, "pretrain.sh"), dict(DATA_DIR=tmp_path / "none"), "prepare-nlu.sh"),
+        (os.path.join(ROOT, "bench/nlu_study.sh"), dict(WEIGHT_GRID="0.1;0.1"), "WEIGHT_GRID"),
+        (os.path.join(EX, "prepare-nlu.sh"), dict(TRAIN_SIZES="ten", DATA_DIR=tmp_path / "d"), "TRAIN_SIZES"),
+    ]
+    for script, env, needle in cases:
+        proc = _bash(script, tmp_path, RUN_DIR=tmp_path / "runs", **env)
+        assert proc.returncode != 0
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and needle in errors[0], proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "d").exists()
