@@ -1,6 +1,7 @@
-"""The DDTP encoder-only study, offline: prepare-nlu.sh on tiny generated index files,
-pretrain.sh (masked_lm), finetune.sh on both tasks, bench/nlu_study.sh's weight choice on
-valid and bench/nlu_report.py's statistics; and the scripts' bad-input errors."""
+"""The DDTP encoder-only and decoder-only studies, offline: prepare-nlu.sh on tiny generated
+index files, pretrain.sh (masked_lm), finetune.sh on both tasks, bench/nlu_study.sh's weight
+choice on valid and bench/nlu_report.py's statistics, bench/lm_study.sh (lm.sh, language
+modeling to early stopping, test perplexity); and the scripts' bad-input errors."""
 import json
 import math
 import os
@@ -31,8 +32,8 @@ def _bash(script, cwd, timeout=600, **extra):
 
 def _prepare(work, **extra):
     return _bash(os.path.join(EX, "prepare-nlu.sh"), work, DDTP_INDEX_DIR=work / "idx", DATA_DIR=work / "data",
-                 VALID_SIZE=6, TEST_SIZE=6, TRAIN_SIZES="10 all", SPM_VOCAB=60, WORKERS=1,
-                 PRETRAIN_VALID_SIZE=2, **extra)
+                 VALID_SIZE=6, TEST_SIZE=6, TRAIN_SIZES="10 all", LM_TRAIN_SIZES="20", SPM_VOCAB=60,
+                 WORKERS=1, PRETRAIN_VALID_SIZE=2, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,9 @@ def test_prepare_nlu_shares_one_dictionary_and_draws_train_subsets(prepared):
     for name in ("classification-10", "classification-all", "pairs-10", "pairs-all"):
         assert (data / "bin" / name / "input0/dict.txt").read_text() == pretraining_dict
     assert (data / "bin/pairs-10/input1/dict.txt").read_text() == pretraining_dict
-    assert (data / "bin/lm-en/dict.txt").read_text() == pretraining_dict
+    assert (data / "bin/lm-en/dict.txt").read_text() == pretraining_dict == (data / "bin/lm-en-20/dict.txt").read_text()
+    assert stats["lm-en-20"] == dict(stats["lm-en"], train=20) and stats["lm-en"]["train"] > 20
+    assert (data / "bin/lm-en-20/valid.bin").read_bytes() == (data / "bin/lm-en/valid.bin").read_bytes()
     # one label dictionary per task, the same for every size; the sections of the index
     labels = [line.split()[0] for line in _lines(data / "bin/classification-all/label/dict.txt")]
     assert sorted(labels) == ["devel", "doc", "libs"]
@@ -125,6 +128,59 @@ def test_pair_task_fine_tunes_with_lr_drop_and_scores_the_test_split(prepared, t
     assert '"train_hidden_reg"' in log and '"train_attn_reg"' in log and "--restore-file" in (tmp_path / "ft/command.txt").read_text()
 
 
+LM_TINY = dict(LAYERS=1, EMBED_DIM=16, FFN_DIM=32, HEADS=2, TOKENS_PER_SAMPLE=16, MAX_TOKENS=64, WARMUP=2,
+               MAX_EPOCH=4, PATIENCE=1, THREADS=1)
+
+
+def _lm_study(work, run_dir):
+    return _bash(os.path.join(ROOT, "bench/lm_study.sh"), work, DDTP_INDEX_DIR=work / "idx", DATA_DIR=work / "data",
+                 VALID_SIZE=6, TEST_SIZE=6, TRAIN_SIZES="10 all", LM_TRAIN_SIZES="20", SPM_VOCAB=60, WORKERS=1,
+                 PRETRAIN_VALID_SIZE=2, RUN_DIR=run_dir, SIZES="20", SEEDS="1", **LM_TINY)
+
+
+def test_lm_study_trains_every_mode_and_scores_test_perplexity_as_stock_validation(prepared):
+    work, _ = prepared
+    run_dir = work / "lm"
+    proc = _lm_study(work, run_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = {m: json.loads((run_dir / f"20-{m}-seed1/result.json").read_text()) for m in ("baseline", "rdrop", "lrdrop")}
+    commands = {m: (run_dir / f"20-{m}-seed1/command.txt").read_text() for m in results}
+    assert "--arch transformer_lm --criterion cross_entropy" in commands["baseline"]
+    assert "--arch transformer_lm --criterion lr_drop_label_smoothed_cross_entropy" in commands["rdrop"]
+    assert "--arch lr_drop_transformer_lm" in commands["lrdrop"] and "--label-smoothing 0" in commands["lrdrop"]
+    assert [results[m]["weights"] for m in results] == ["0,0,0", "0,0,1.0", "0.1,0.1,1.0"]
+    for mode, result in results.items():
+        out = (run_dir / f"20-{mode}-seed1/train.out").read_text()
+        valid = [json.loads(line.split("| valid | ", 1)[1]) for line in out.splitlines() if "| valid | " in line]
+        losses = [float(v["valid_loss"]) for v in valid]
+        # early stopping: the run ends at MAX_EPOCH or PATIENCE epochs after its best
+        assert result["epochs"] == len(valid) and losses[result["best_epoch"] - 1] == min(losses)
+        assert result["epochs"] == 4 or result["epochs"] == result["best_epoch"] + 1
+        assert result["valid_ppl"] == pytest.approx(2 ** min(losses), rel=2e-3)
+        # the test perplexity of fairseq-eval-lm is the stock single-pass loss of fairseq-validate
+        # (which needs --required-batch-size-multiple 1: with the default 8 it leaves blocks out)
+        check = subprocess.run([sys.executable, "-m", "fairseq_cli.validate", str(work / "data/bin/lm-en-20"),
+                                "--task", "language_modeling", "--tokens-per-sample", "16", "--sample-break-mode", "none",
+                                "--user-dir", os.path.join(ROOT, "fairseq_lrdrop"), "--path",
+                                str(run_dir / f"20-{mode}-seed1/checkpoint_best.pt"), "--valid-subset", "test",
+                                "--max-tokens", "64", "--required-batch-size-multiple", "1", "--cpu", "--num-workers", "0",
+                                "--log-format", "json"],
+                               env=_env(), capture_output=True, text=True, timeout=300)
+        assert check.returncode == 0, check.stderr
+        logged = [line for line in (check.stdout + check.stderr).splitlines() if "| test | " in line]
+        test_loss = float(json.loads(logged[-1].split("| test | ", 1)[1])["test_loss"])
+        assert result["test_ppl"] == pytest.approx(2 ** test_loss, rel=2e-3)
+        if mode != "baseline":
+            assert '"train_output_reg"' in out
+    assert '"train_hidden_reg"' in (run_dir / "20-lrdrop-seed1/train.out").read_text()
+    table = json.loads((run_dir / "report.json").read_text())["table"]["20"]
+    assert table["lrdrop"]["diff"] == pytest.approx(results["lrdrop"]["test_ppl"] - results["baseline"]["test_ppl"])
+    assert table["rdrop"]["test"] == [results["rdrop"]["test_ppl"]]
+    again = _lm_study(work, run_dir)
+    assert again.returncode == 0 and "NLU data cached" in again.stdout + again.stderr
+    assert json.loads((run_dir / "20-lrdrop-seed1/result.json").read_text()) == results["lrdrop"]
+
+
 def test_report_statistics_match_welchs_formula(tmp_path):
     values = {"baseline": [60.0, 62.0, 61.0], "rdrop": [63.0, 64.5, 62.5]}
     for mode, accs in values.items():
@@ -154,6 +210,10 @@ def test_bad_input_is_one_line_before_work(tmp_path):
         (os.path.join(EX, "pretrain.sh"), dict(DATA_DIR=tmp_path / "none"), "prepare-nlu.sh"),
         (os.path.join(ROOT, "bench/nlu_study.sh"), dict(WEIGHT_GRID="0.1;0.1"), "WEIGHT_GRID"),
         (os.path.join(EX, "prepare-nlu.sh"), dict(TRAIN_SIZES="ten", DATA_DIR=tmp_path / "d"), "TRAIN_SIZES"),
+        (os.path.join(EX, "prepare-nlu.sh"), dict(LM_TRAIN_SIZES="all", DATA_DIR=tmp_path / "d"), "LM_TRAIN_SIZES"),
+        (os.path.join(EX, "lm.sh"), dict(MODE="gpt"), "MODE=gpt"),
+        (os.path.join(EX, "lm.sh"), dict(DATA_DIR=tmp_path / "none"), "prepare-nlu.sh"),
+        (os.path.join(ROOT, "bench/lm_study.sh"), dict(LRDROP_WEIGHTS="0.1,0.1"), "LRDROP_WEIGHTS"),
     ]
     for script, env, needle in cases:
         proc = _bash(script, tmp_path, RUN_DIR=tmp_path / "runs", **env)

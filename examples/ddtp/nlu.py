@@ -11,11 +11,14 @@ Outputs (--out DIR, built in DIR.tmp and renamed when complete):
                               dict.txt is THE dictionary every other directory uses
   lm-en/                      language_modeling data: English descriptions only
                               (train/valid from pretraining/, test = classification test inputs)
+  lm-en-<N>/                  the same with N train descriptions drawn (seeded), for each N of
+                              --lm-train-sizes; valid and test whole
   classification-<N>/, pairs-<N>/   sentence_prediction data (input0/, input1/, label/) with
                               N train examples drawn (seeded) from the task's train split, or
                               every train example for N = all; valid and test always whole
   stats.json                  example counts and label counts per directory
-Options: --train-sizes (default: 1000 10000 all), --subset-seed (1), --vocab (8000),
+Options: --train-sizes (default: 1000 10000 all), --lm-train-sizes (default: none),
+  --subset-seed (1), --vocab (8000),
   --spm-max-sentences (300000), --workers (2).
 """
 import argparse
@@ -66,7 +69,8 @@ def preprocess(destdir, prefixes, srcdict=None, workers=1, padding_factor=8):
         raise SystemExit("%s\nerror: fairseq-preprocess failed for %s" % (tail, destdir))
 
 
-def build(raw, out, train_sizes, subset_seed=1, vocab=8000, spm_max_sentences=300000, workers=1):
+def build(raw, out, train_sizes, subset_seed=1, vocab=8000, spm_max_sentences=300000, workers=1,
+          lm_train_sizes=()):
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     enc = os.path.join(tmp, "encoded")
@@ -100,6 +104,11 @@ def build(raw, out, train_sizes, subset_seed=1, vocab=8000, spm_max_sentences=30
     preprocess(os.path.join(tmp, "lm-en"), lm, dictionary, workers)
     stats["lm-en"] = {"train": len(text["train"]["en"]), "valid": len(text["valid"]["en"]),
                       "test": len(cls_test)}
+    for size in lm_train_sizes:
+        train = train_subset(text["train"]["en"], size, subset_seed)
+        name = "lm-en-%s" % size
+        preprocess(os.path.join(tmp, name), dict(lm, train=encode(train, name + ".train")), dictionary, workers)
+        stats[name] = dict(stats["lm-en"], train=len(train))
 
     for task, columns in TASK_COLUMNS.items():
         rows = {split: list(zip(*(read_lines(os.path.join(raw, task, "%s.%s" % (split, c)))
@@ -143,14 +152,17 @@ def main(argv=None):
     ap.add_argument("--raw", required=True, help="directory with classification/, pairs/, pretraining/")
     ap.add_argument("--out", required=True, help="output directory (replaced when complete)")
     ap.add_argument("--train-sizes", nargs="+", default=["1000", "10000", "all"])
+    ap.add_argument("--lm-train-sizes", nargs="*", default=[],
+                    help="train-set sizes of language_modeling subsets (lm-en-<N>/)")
     ap.add_argument("--subset-seed", type=int, default=1)
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--spm-max-sentences", type=int, default=300000)
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args(argv)
-    for size in args.train_sizes:
-        if size != "all" and not (size.isdigit() and int(size) > 0):
-            raise SystemExit("error: --train-sizes: %r is neither a positive count nor 'all'" % size)
+    for flag, sizes in (("--train-sizes", args.train_sizes), ("--lm-train-sizes", args.lm_train_sizes)):
+        for size in sizes:
+            if size != "all" and not (size.isdigit() and int(size) > 0):
+                raise SystemExit("error: %s: %r is neither a positive count nor 'all'" % (flag, size))
     for task, columns in list(TASK_COLUMNS.items()) + [("pretraining", ())]:
         names = ["%s.%s" % (s, c) for s in SPLITS for c in columns + ("label",)] if columns else \
             ["%s.%s" % (s, lang) for s in ("train", "valid") for lang in ("en", "de")]
@@ -159,7 +171,7 @@ def main(argv=None):
                 raise SystemExit("error: missing %s (run examples/ddtp/ddtp.py %s first)"
                                  % (os.path.join(args.raw, task, name), task))
     stats = build(args.raw, args.out, args.train_sizes, args.subset_seed, args.vocab,
-                  args.spm_max_sentences, args.workers)
+                  args.spm_max_sentences, args.workers, args.lm_train_sizes)
     for name, counts in sorted(stats.items()):
         print("%s: %s" % (name, ", ".join("%s %d" % (s, counts[s]) for s in SPLITS if s in counts)))
     return 0

@@ -15,7 +15,7 @@
 #         Translation-en, Translation-de and Packages index files; see prepare.sh)
 # Outputs (under DATA_DIR):
 #   raw/{classification,pairs,pretraining}/   plain text splits + stats.json (ddtp.py)
-#   bin/                                      nlu.py's output: spm.model, pretraining/, lm-en/,
+#   bin/                                      nlu.py's output: spm.model, pretraining/, lm-en[-<N>]/,
 #                                             classification-<N>/, pairs-<N>/, stats.json
 #
 # Environment knobs (default):
@@ -25,6 +25,8 @@
 #   MAX_WORDS=64                     longest description (classification) / synopsis (pairs)
 #   TOP_CLASSES=10                   classification: the most frequent sections kept
 #   TRAIN_SIZES="1000 10000 all"     train-set sizes binarized per task (seeded subsets)
+#   LM_TRAIN_SIZES="1000"            language_modeling train subsets (bin/lm-en-<N>; bin/lm-en
+#                                    always holds every train description)
 #   SUBSET_SEED=1                    seed of the train subsets
 #   PRETRAIN_VALID_SIZE=0.01         pre-training descriptions kept for valid
 #   SPM_VOCAB=8000 SPM_MAX_SENTENCES=300000
@@ -38,6 +40,7 @@ TEST_SIZE="${TEST_SIZE:-1000}"
 MAX_WORDS="${MAX_WORDS:-64}"
 TOP_CLASSES="${TOP_CLASSES:-10}"
 TRAIN_SIZES="${TRAIN_SIZES:-1000 10000 all}"
+LM_TRAIN_SIZES="${LM_TRAIN_SIZES-1000}"
 SUBSET_SEED="${SUBSET_SEED:-1}"
 PRETRAIN_VALID_SIZE="${PRETRAIN_VALID_SIZE:-0.01}"
 SPM_VOCAB="${SPM_VOCAB:-8000}"
@@ -53,6 +56,9 @@ done
 for size in $TRAIN_SIZES; do
   [[ "$size" == all || "$size" =~ ^[1-9][0-9]*$ ]] || die "TRAIN_SIZES entry '$size' is neither a positive count nor 'all'"
 done
+for size in $LM_TRAIN_SIZES; do
+  [[ "$size" =~ ^[1-9][0-9]*$ ]] || die "LM_TRAIN_SIZES entry '$size' is not a positive count (bin/lm-en holds every description)"
+done
 command -v "$PYTHON" >/dev/null 2>&1 || die "python interpreter '$PYTHON' not found (set PYTHON, or run 'make install' and use .venv/bin/python)"
 
 # 1. indexes: prepare.sh checks DDTP_INDEX_DIR or fetches with apt into $DATA_DIR/apt/lists
@@ -64,7 +70,7 @@ INDEX_DIR="$(cd "$INDEX_DIR" && pwd)"
 "$PYTHON" "$HERE/ddtp.py" locate --index-dir "$INDEX_DIR" | grep -q '^Packages: /' \
   || die "no Packages index in $INDEX_DIR: the classification labels are its Section fields (copy it from the apt lists directory)"
 
-SIGNATURE="index=$INDEX_DIR@$("$PYTHON" "$HERE/ddtp.py" locate --index-dir "$INDEX_DIR" --fingerprint) valid=$VALID_SIZE test=$TEST_SIZE max_words=$MAX_WORDS top=$TOP_CLASSES sizes=$TRAIN_SIZES subset_seed=$SUBSET_SEED pretrain_valid=$PRETRAIN_VALID_SIZE vocab=$SPM_VOCAB spm_max=$SPM_MAX_SENTENCES salt=$SPLIT_SALT"
+SIGNATURE="index=$INDEX_DIR@$("$PYTHON" "$HERE/ddtp.py" locate --index-dir "$INDEX_DIR" --fingerprint) valid=$VALID_SIZE test=$TEST_SIZE max_words=$MAX_WORDS top=$TOP_CLASSES sizes=$TRAIN_SIZES lm_sizes=$LM_TRAIN_SIZES subset_seed=$SUBSET_SEED pretrain_valid=$PRETRAIN_VALID_SIZE vocab=$SPM_VOCAB spm_max=$SPM_MAX_SENTENCES salt=$SPLIT_SALT"
 if [[ -f "$DATA_DIR/.done.nlu" && "$(cat "$DATA_DIR/.done.nlu")" == "$SIGNATURE" && -f "$DATA_DIR/bin/stats.json" ]]; then
   echo "NLU data cached in $DATA_DIR/bin"
   exit 0
@@ -92,6 +98,7 @@ mv "$DATA_DIR/raw.tmp" "$DATA_DIR/raw"
 # 3. sentencepiece + binarized data
 # shellcheck disable=SC2086
 "$PYTHON" "$HERE/nlu.py" --raw "$DATA_DIR/raw" --out "$DATA_DIR/bin" --train-sizes $TRAIN_SIZES \
+  --lm-train-sizes $LM_TRAIN_SIZES \
   --subset-seed "$SUBSET_SEED" --vocab "$SPM_VOCAB" --spm-max-sentences "$SPM_MAX_SENTENCES" --workers "$WORKERS"
 printf '%s' "$SIGNATURE" > "$DATA_DIR/.done.nlu"
 echo "done: NLU data in $DATA_DIR/bin"
