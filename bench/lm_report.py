@@ -11,34 +11,23 @@ import argparse
 import glob
 import json
 import os
-import statistics
 import sys
 
-from nlu_report import MODES, NAMES, compare, summarize
+from nlu_report import MODES, NAMES, mode_row
 
 
 def study(results):
-    """{size: {mode: {...}}}: test perplexity over seeds, compared with the baseline's."""
+    """{size: {mode: {...}}}: test perplexity over seeds, compared with the baseline's, and the
+    epochs each run stopped at."""
     groups = {}
     for r in results:
         groups.setdefault(r["size"], {}).setdefault(r["mode"], []).append(r)
     table = {}
     for size, modes in sorted(groups.items()):
-        base = modes.get("baseline", [])
-        for mode in MODES:
-            runs = sorted(modes.get(mode, []), key=lambda r: r["seed"])
-            if not runs:
-                continue
-            test = [r["test_ppl"] for r in runs]
-            mean, std = summarize(test)
-            row = {"weights": runs[0]["weights"], "seeds": [r["seed"] for r in runs], "test": test,
-                   "test_mean": mean, "test_std": std,
-                   "valid_mean": statistics.mean(r["valid_ppl"] for r in runs),
-                   "best_epochs": [r["best_epoch"] for r in runs], "epochs": [r["epochs"] for r in runs],
-                   "train_seconds_mean": statistics.mean(r["train_seconds"] for r in runs)}
-            if mode != "baseline" and base:
-                row["diff"], row["p_welch"] = compare(test, [r["test_ppl"] for r in base])
-                row["time_ratio"] = row["train_seconds_mean"] / statistics.mean(r["train_seconds"] for r in base)
+        for mode in (m for m in MODES if m in modes):
+            row = mode_row(modes[mode], modes.get("baseline", []), "test_ppl", "valid_ppl")
+            runs = sorted(modes[mode], key=lambda r: r["seed"])
+            row.update(best_epochs=[r["best_epoch"] for r in runs], epochs=[r["epochs"] for r in runs])
             table.setdefault(size, {})[mode] = row
     return table
 

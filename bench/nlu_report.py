@@ -49,6 +49,22 @@ def compare(mode_values, baseline_values):
     return diff, float(ttest_ind(mode_values, baseline_values, equal_var=False).pvalue)
 
 
+def mode_row(runs, base, test_key, valid_key):
+    """One mode's row over its seeds: the test metric per seed, mean and sd, the valid mean,
+    training time, and against the baseline's runs (base) the difference, Welch's p and the
+    time ratio."""
+    runs = sorted(runs, key=lambda r: r["seed"])
+    test = [r[test_key] for r in runs]
+    mean, std = summarize(test)
+    row = {"weights": runs[0]["weights"], "seeds": [r["seed"] for r in runs], "test": test,
+           "test_mean": mean, "test_std": std, "valid_mean": statistics.mean(r[valid_key] for r in runs),
+           "train_seconds_mean": statistics.mean(r["train_seconds"] for r in runs)}
+    if base and runs[0]["mode"] != "baseline":
+        row["diff"], row["p_welch"] = compare(test, [r[test_key] for r in base])
+        row["time_ratio"] = row["train_seconds_mean"] / statistics.mean(r["train_seconds"] for r in base)
+    return row
+
+
 def study(results, choices):
     """{(task, size): {mode: {...}}} over the runs that count: baseline, R-Drop, and LR-Drop
     with the weights chosen on valid (every run when no choice was recorded)."""
@@ -58,24 +74,9 @@ def study(results, choices):
         if r["mode"] == "lrdrop" and key in choices and r["weights"] != choices[key]["weights"]:
             continue
         groups.setdefault(key, {}).setdefault(r["mode"], []).append(r)
-    table = {}
-    for key, modes in sorted(groups.items()):
-        base = sorted(modes.get("baseline", []), key=lambda r: r["seed"])
-        for mode in MODES:
-            runs = sorted(modes.get(mode, []), key=lambda r: r["seed"])
-            if not runs:
-                continue
-            test = [r["test_accuracy"] for r in runs]
-            mean, std = summarize(test)
-            row = {"weights": runs[0]["weights"], "seeds": [r["seed"] for r in runs], "test": test,
-                   "test_mean": mean, "test_std": std,
-                   "valid_mean": statistics.mean(r["valid_accuracy"] for r in runs),
-                   "train_seconds_mean": statistics.mean(r["train_seconds"] for r in runs)}
-            if mode != "baseline" and base:
-                row["diff"], row["p_welch"] = compare(test, [r["test_accuracy"] for r in base])
-                row["time_ratio"] = row["train_seconds_mean"] / statistics.mean(r["train_seconds"] for r in base)
-            table.setdefault(key, {})[mode] = row
-    return table
+    return {key: {mode: mode_row(modes[mode], modes.get("baseline", []), "test_accuracy", "valid_accuracy")
+                  for mode in MODES if mode in modes}
+            for key, modes in sorted(groups.items())}
 
 
 def markdown(table, choices):

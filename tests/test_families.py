@@ -209,6 +209,16 @@ def test_sentence_prediction_terms_match_independent_formulas(corpora, regressio
     assert output > 0 and hidden > 0
 
 
+def test_sentence_prediction_defaults_to_smaller_layer_weights_than_translation(corpora):
+    """Command-line defaults as fairseq-train resolves them: alpha = beta = 0.01, gamma = 1 for
+    sentence prediction (its task loss sums over sentences, the layer terms over tokens);
+    0.1, 0.1, 5 for the label-smoothed criterion."""
+    _, _, classifier = build_classifier(corpora, "--criterion", "lr_drop_sentence_prediction")
+    _, _, lm = build_lm(corpora, "--criterion", "lr_drop_label_smoothed_cross_entropy")
+    assert classifier.layers.weights == {"hidden_reg": 0.01, "attn_reg": 0.01} and classifier.output_reg_weight == 1.0
+    assert lm.layers.weights == {"hidden_reg": 0.1, "attn_reg": 0.1} and lm.output_reg_weight == 5.0
+
+
 def test_numpy_compat_is_narrow():
     import fairseq.data.language_pair_dataset as pairs
     import fairseq.data.token_block_dataset as blocks

@@ -123,7 +123,7 @@ def test_pair_task_fine_tunes_with_lr_drop_and_scores_the_test_split(prepared, t
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((tmp_path / "ft/result.json").read_text())
     assert result["test_examples"] == len(_lines(work / "data/raw/pairs/test.label"))
-    assert result["weights"] == "0.1,0.1,1.0" and result["task"] == "pairs"
+    assert result["weights"] == "0.01,0.01,1.0" and result["task"] == "pairs"
     log = (tmp_path / "ft/train.out").read_text()
     assert '"train_hidden_reg"' in log and '"train_attn_reg"' in log and "--restore-file" in (tmp_path / "ft/command.txt").read_text()
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fine-tune the pre-trained small RoBERTa (examples/ddtp/pretrain.sh) on a DDTP NLU task, plain,
 # with R-Drop or with LR-Drop, then score its best-valid checkpoint on the test split with
-# stock fairseq-validate.
+# examples/glue/evaluate.py (stock fairseq-validate cannot run sentence_prediction).
 #
 # Inputs:  $DATA_DIR/bin/$TASK-$SIZE (examples/ddtp/prepare-nlu.sh); $PRETRAINED
 # Outputs: $SAVE_DIR/checkpoint_best.pt (best valid accuracy), train.log (JSON lines),
@@ -12,7 +12,9 @@
 #   TASK=classification       classification (10 Debian sections) | pairs (En-De synopsis match)
 #   SIZE=1000                 train-set size binarized by prepare-nlu.sh (1000, 10000, all)
 #   MODE=lrdrop               baseline | rdrop | lrdrop
-#   HIDDEN_REG_WEIGHT=0.1 ATTN_REG_WEIGHT=0.1 OUTPUT_REG_WEIGHT=1.0   alpha, beta, gamma
+#   HIDDEN_REG_WEIGHT=0.01 ATTN_REG_WEIGHT=0.01 OUTPUT_REG_WEIGHT=1.0   alpha, beta, gamma
+#                             (lr_drop_sentence_prediction's defaults, chosen on valid by
+#                             bench/nlu_study.sh; README "Default weights")
 #                             (rdrop: alpha = beta = 0; baseline: stock sentence_prediction)
 #   DATA_DIR=data/ddtp-nlu    PRETRAINED=runs/ddtp-nlu/pretrained/checkpoint_last.pt
 #   SAVE_DIR=runs/ddtp-nlu/$TASK-$SIZE-$MODE-seed$SEED
@@ -26,7 +28,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 source "$HERE/encoder.sh"
 TASK="${TASK:-classification}" SIZE="${SIZE:-1000}" MODE="${MODE:-lrdrop}"
-HIDDEN_REG_WEIGHT="${HIDDEN_REG_WEIGHT:-0.1}" ATTN_REG_WEIGHT="${ATTN_REG_WEIGHT:-0.1}" OUTPUT_REG_WEIGHT="${OUTPUT_REG_WEIGHT:-1.0}"
+HIDDEN_REG_WEIGHT="${HIDDEN_REG_WEIGHT:-0.01}" ATTN_REG_WEIGHT="${ATTN_REG_WEIGHT:-0.01}" OUTPUT_REG_WEIGHT="${OUTPUT_REG_WEIGHT:-1.0}"
 DATA_DIR="${DATA_DIR:-data/ddtp-nlu}"
 PRETRAINED="${PRETRAINED:-runs/ddtp-nlu/pretrained/checkpoint_last.pt}"
 SEED="${SEED:-1}"

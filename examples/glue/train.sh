@@ -13,7 +13,8 @@
 #   ROBERTA_PATH              required (see Inputs)
 #   MODE=lrdrop               baseline | rdrop | lrdrop
 #   ARCH=roberta_base         stock arch name; the lr_drop_ twin is used (same weights)
-#   HIDDEN_REG_WEIGHT=0.1 ATTN_REG_WEIGHT=0.1 OUTPUT_REG_WEIGHT=1.0   alpha, beta, gamma
+#   HIDDEN_REG_WEIGHT=0.01 ATTN_REG_WEIGHT=0.01 OUTPUT_REG_WEIGHT=1.0   alpha, beta, gamma (the
+#                             criterion's defaults; README "Default weights")
 #                             (rdrop: alpha = beta = 0; gamma 1.0 is in R-Drop's GLUE range 0.5-1.0)
 #   LR, BATCH_SIZE, MAX_UPDATE, WARMUP: the published values of the task (table below)
 #   MAX_EPOCH=10 DROPOUT=0.1 ATTN_DROPOUT=0.1 WEIGHT_DECAY=0.1 MAX_TOKENS=4400 SEED=1
@@ -44,8 +45,8 @@ DATA_BIN="${DATA_BIN:-$TASK-bin}"
 ROBERTA_PATH="${ROBERTA_PATH:?set ROBERTA_PATH to the pre-trained roberta model.pt (or none)}"
 MODE="${MODE:-lrdrop}"
 ARCH="${ARCH:-roberta_base}"
-HIDDEN_REG_WEIGHT="${HIDDEN_REG_WEIGHT:-0.1}"
-ATTN_REG_WEIGHT="${ATTN_REG_WEIGHT:-0.1}"
+HIDDEN_REG_WEIGHT="${HIDDEN_REG_WEIGHT:-0.01}"
+ATTN_REG_WEIGHT="${ATTN_REG_WEIGHT:-0.01}"
 OUTPUT_REG_WEIGHT="${OUTPUT_REG_WEIGHT:-1.0}"
 LR="${LR:-$T_LR}" BATCH_SIZE="${BATCH_SIZE:-$T_BSZ}" MAX_UPDATE="${MAX_UPDATE:-$T_UPDATES}" WARMUP="${WARMUP:-$T_WARMUP}"
 MAX_EPOCH="${MAX_EPOCH:-10}"

@@ -35,6 +35,17 @@ NAME = "lr_drop_sentence_prediction"
 
 @dataclass
 class LRDropSentencePredictionConfig(SentencePredictionConfig, LayerConsistencyConfig):
+    # 0.01, not the translation criterion's 0.1: L_task sums over sentences while the layer
+    # terms sum over every token, so the same alpha weighs them ~tokens-per-sentence times more;
+    # the DDTP fine-tuning study chose 0.01 on valid for both tasks (README, "Default weights")
+    hidden_reg_weight: float = field(
+        default=0.01,
+        metadata={"help": "alpha: weight of the hidden-state consistency term L_HSR (0: off)"},
+    )
+    attn_reg_weight: float = field(
+        default=0.01,
+        metadata={"help": "beta: weight of the attention consistency term L_MHAR (0: off)"},
+    )
     output_reg_weight: float = field(
         default=1.0,
         metadata={"help": "gamma: weight of the output consistency term L_OR (0: off): symmetric "
