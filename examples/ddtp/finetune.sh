@@ -27,6 +27,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 source "$HERE/encoder.sh"
+source "$HERE/record.sh"
 TASK="${TASK:-classification}" SIZE="${SIZE:-1000}" MODE="${MODE:-lrdrop}"
 HIDDEN_REG_WEIGHT="${HIDDEN_REG_WEIGHT:-0.01}" ATTN_REG_WEIGHT="${ATTN_REG_WEIGHT:-0.01}" OUTPUT_REG_WEIGHT="${OUTPUT_REG_WEIGHT:-1.0}"
 DATA_DIR="${DATA_DIR:-data/ddtp-nlu}"
@@ -77,11 +78,7 @@ CMD=("$PYTHON" -m fairseq_cli.train "$DATA_BIN" --user-dir "$REPO/fairseq_lrdrop
   --no-epoch-checkpoints --no-last-checkpoints --num-workers 0 --seed "$SEED"
   --save-dir "$SAVE_DIR" --log-format json --log-interval 100 --log-file "$SAVE_DIR/train.log"
   "${DEVICE[@]}")
-printf '%q ' "${CMD[@]}" > "$SAVE_DIR/command.txt"; echo >> "$SAVE_DIR/command.txt"
-start=$SECONDS
-"${CMD[@]}" > "$SAVE_DIR/train.out" 2>&1 || { tail -n 20 "$SAVE_DIR/train.out" >&2; die "fine-tuning failed (log: $SAVE_DIR/train.out)"; }
-seconds=$((SECONDS - start))
-[[ -f "$SAVE_DIR/checkpoint_best.pt" ]] || die "fine-tuning ended without $SAVE_DIR/checkpoint_best.pt (see $SAVE_DIR/train.out)"
+train_in_save_dir "${CMD[@]}"
 # test accuracy through the checkpoint loader (stock fairseq-validate cannot run
 # sentence_prediction: its parser has no criterion, and the task's classification_head_name
 # interpolates the criterion's)
@@ -90,21 +87,5 @@ CPU_FLAG=()
 "$PYTHON" "$REPO/examples/glue/evaluate.py" --checkpoint "$SAVE_DIR/checkpoint_best.pt" --data-bin "$DATA_BIN" \
   --task other --split test "${CPU_FLAG[@]}" > "$SAVE_DIR/test.json" 2> "$SAVE_DIR/test.out" \
   || { tail -n 20 "$SAVE_DIR/test.out" >&2; die "scoring the test split failed (log: $SAVE_DIR/test.out)"; }
-"$PYTHON" - "$SAVE_DIR" "$TASK" "$SIZE" "$MODE" "$SEED" "$HIDDEN_REG_WEIGHT,$ATTN_REG_WEIGHT,$OUTPUT_REG_WEIGHT" "$seconds" <<'PY'
-import json, os, sys
-save, task, size, mode, seed, weights, seconds = sys.argv[1:]
-valid = [json.loads(line.split("| valid | ", 1)[1]) for line in open(os.path.join(save, "train.out"))
-         if "| valid | " in line]
-if not valid:
-    sys.exit("error: no valid accuracy in %s/train.out" % save)
-test = json.load(open(os.path.join(save, "test.json")))
-result = dict(task=task, size=size, mode=mode, seed=int(seed), weights=weights, epochs=len(valid),
-              valid_accuracy=max(float(v["valid_accuracy"]) for v in valid),
-              test_accuracy=test["accuracy"], test_examples=test["examples"], train_seconds=int(seconds))
-tmp = os.path.join(save, "result.json.tmp")
-with open(tmp, "w") as fh:
-    json.dump(result, fh, sort_keys=True)
-    fh.write("\n")
-os.replace(tmp, os.path.join(save, "result.json"))
-print(json.dumps(result, sort_keys=True))
-PY
+"$PYTHON" "$HERE/result.py" finetune "$SAVE_DIR" "$TASK" "$SIZE" "$MODE" "$SEED" \
+  "$HIDDEN_REG_WEIGHT,$ATTN_REG_WEIGHT,$OUTPUT_REG_WEIGHT" "$TRAIN_SECONDS"

@@ -32,6 +32,7 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
+source "$HERE/record.sh"
 SIZE="${SIZE:-1000}" MODE="${MODE:-lrdrop}"
 HIDDEN_REG_WEIGHT="${HIDDEN_REG_WEIGHT:-0.1}" ATTN_REG_WEIGHT="${ATTN_REG_WEIGHT:-0.1}" OUTPUT_REG_WEIGHT="${OUTPUT_REG_WEIGHT:-1.0}"
 DATA_DIR="${DATA_DIR:-data/ddtp-nlu}"
@@ -80,32 +81,11 @@ CMD=("$PYTHON" -m fairseq_cli.train "$DATA_BIN" --user-dir "$REPO/fairseq_lrdrop
   --no-epoch-checkpoints --no-last-checkpoints --num-workers 0 --seed "$SEED"
   --save-dir "$SAVE_DIR" --log-format json --log-interval 100 --log-file "$SAVE_DIR/train.log"
   "${DEVICE[@]}")
-printf '%q ' "${CMD[@]}" > "$SAVE_DIR/command.txt"; echo >> "$SAVE_DIR/command.txt"
-start=$SECONDS
-"${CMD[@]}" > "$SAVE_DIR/train.out" 2>&1 || { tail -n 20 "$SAVE_DIR/train.out" >&2; die "training failed (log: $SAVE_DIR/train.out)"; }
-seconds=$((SECONDS - start))
-[[ -f "$SAVE_DIR/checkpoint_best.pt" ]] || die "training ended without $SAVE_DIR/checkpoint_best.pt (see $SAVE_DIR/train.out)"
+train_in_save_dir "${CMD[@]}"
 # test perplexity: stock fairseq-eval-lm over blocks of TOKENS_PER_SAMPLE, as valid was scored
 "$PYTHON" -m fairseq_cli.eval_lm "$DATA_BIN" --user-dir "$REPO/fairseq_lrdrop" --path "$SAVE_DIR/checkpoint_best.pt" \
   --gen-subset test --tokens-per-sample "$TOKENS_PER_SAMPLE" --sample-break-mode none --max-tokens "$MAX_TOKENS" \
   --num-workers 0 "${DEVICE[@]}" > "$SAVE_DIR/test.out" 2>&1 \
   || { tail -n 20 "$SAVE_DIR/test.out" >&2; die "scoring the test split failed (log: $SAVE_DIR/test.out)"; }
-"$PYTHON" - "$SAVE_DIR" "$SIZE" "$MODE" "$SEED" "$HIDDEN_REG_WEIGHT,$ATTN_REG_WEIGHT,$OUTPUT_REG_WEIGHT" "$seconds" <<'PY'
-import json, os, re, sys
-save, size, mode, seed, weights, seconds = sys.argv[1:]
-valid = [json.loads(line.split("| valid | ", 1)[1]) for line in open(os.path.join(save, "train.out"))
-         if "| valid | " in line]
-test = re.findall(r"Loss \(base 2\): ([0-9.]+), Perplexity: ([0-9.]+)", open(os.path.join(save, "test.out")).read())
-if not valid or not test:
-    sys.exit("error: no valid loss in %s/train.out or no perplexity in %s/test.out" % (save, save))
-best = min(valid, key=lambda v: float(v["valid_loss"]))
-result = dict(size=size, mode=mode, seed=int(seed), weights=weights, epochs=len(valid),
-              best_epoch=int(best["epoch"]), valid_ppl=float(best["valid_ppl"]),
-              test_ppl=float(test[-1][1]), train_seconds=int(seconds))
-tmp = os.path.join(save, "result.json.tmp")
-with open(tmp, "w") as fh:
-    json.dump(result, fh, sort_keys=True)
-    fh.write("\n")
-os.replace(tmp, os.path.join(save, "result.json"))
-print(json.dumps(result, sort_keys=True))
-PY
+"$PYTHON" "$HERE/result.py" lm "$SAVE_DIR" "$SIZE" "$MODE" "$SEED" \
+  "$HIDDEN_REG_WEIGHT,$ATTN_REG_WEIGHT,$OUTPUT_REG_WEIGHT" "$TRAIN_SECONDS"
