@@ -15,7 +15,9 @@ checkpoints they kept of every epoch:
 
   best valid score  with --valid --select-on-valid-score: of the --epochs (and the best epoch),
               the one whose valid-split BLEU / ROUGE-L is highest (the earliest on a tie): a
-              stopping rule on the generation score itself, which a valid loss need not follow
+              stopping rule on the generation score itself, which a valid loss need not follow;
+              report.md then opens with one row per variant over its seeds (runs named
+              <variant>-seed<k>): the chosen epochs, valid and test scores, and their means
 
 Each distinct (run, epoch) is decoded once with examples/ddtp/evaluate.sh (test split) and
 measured with bench/diagnose.py (length ratio, loops, entropies, P(EOS) at the reference end);
@@ -187,6 +189,43 @@ def table(rows: List[dict], metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def variant_selection(summary: List[dict], rows: List[dict]) -> List[dict]:
+    """One entry per variant (run names <variant>-seed<k>), over its seeds: the epoch the valid
+    score chose, that valid score, the test score there and at the best valid loss, and their
+    means. Needs the 'best valid score' rows (--select-on-valid-score)."""
+    test = {(row["run"], row["point"]): row["result"]["score"] for row in rows if row["result"] is not None}
+    chosen = {row["run"]: row["epoch"] for row in rows if row["point"] == "best valid score"}
+    variants: Dict[str, List[dict]] = {}
+    for s in summary:
+        if s["run"] not in chosen:
+            continue
+        variant, _, seed = s["run"].rpartition("-seed")
+        variants.setdefault(variant, []).append({
+            "seed": int(seed), "epoch": chosen[s["run"]], "complete": s["complete"],
+            "valid": s["valid_scores"][str(chosen[s["run"]])],
+            "test": test[(s["run"], "best valid score")], "test_at_best_loss": test[(s["run"], "best")]})
+    out = []
+    for variant, seeds in variants.items():
+        seeds.sort(key=lambda x: x["seed"])
+        mean = lambda key: sum(x[key] for x in seeds) / len(seeds)
+        out.append({"variant": variant, "seeds": seeds, "mean_valid": mean("valid"), "mean_test": mean("test"),
+                    "mean_test_at_best_loss": mean("test_at_best_loss")})
+    return out
+
+
+def selection_table(selection: List[dict], metric: str) -> str:
+    lines = [f"| variant | seeds | epoch chosen by valid score | valid score there | {metric} there "
+             f"| mean valid | mean {metric} | mean {metric} at the best valid loss |",
+             "|---|---:|---|---|---|---:|---:|---:|"]
+    for v in selection:
+        per_seed = lambda fmt: " / ".join(fmt(x) for x in v["seeds"])
+        lines.append(f"| {v['variant']} | {len(v['seeds'])} "
+                     f"| {per_seed(lambda x: str(x['epoch']) + ('' if x['complete'] else ' (not complete)'))} "
+                     f"| {per_seed(lambda x: '%.2f' % x['valid'])} | {per_seed(lambda x: '%.2f' % x['test'])} "
+                     f"| {v['mean_valid']:.2f} | {v['mean_test']:.2f} | {v['mean_test_at_best_loss']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", required=True, help="bench/ablation.sh's RUN_DIR")
@@ -263,8 +302,12 @@ def main(argv=None):
                    f"| {s['best_valid_loss']:.3f} | {'-' if s['valid_score_at_best'] is None else '%.2f' % s['valid_score_at_best']} "
                    f"| {s['train_seconds']} |" for s in summary]
     text = "\n".join(runs_table) + "\n\n" + table(rows, metric)
+    selection = variant_selection(summary, rows) if args.select_on_valid_score else []
+    if selection:  # seeds listed in seed order, separated by " / "
+        text = selection_table(selection, metric) + "\n" + text
     (run_dir / "report.md").write_text(text)
-    (run_dir / "report.json").write_text(json.dumps({"targets": targets, "runs": summary, "rows": rows}, indent=1) + "\n")
+    (run_dir / "report.json").write_text(json.dumps({"targets": targets, "runs": summary, "rows": rows,
+                                                     "selection": selection}, indent=1) + "\n")
     print(text)
 
 

@@ -214,6 +214,27 @@ def test_report_reads_valid_losses_and_training_time_of_a_resumed_log(tmp_path):
     assert report.read_log(log) == ([(1, 6.5), (2, 6.1)], 79, {1: 6.0, 2: 5.6})
 
 
+def test_variant_selection_groups_seeds_and_averages_the_chosen_scores():
+    report = _report_module()
+    summary = [{"run": "rdrop-seed2", "complete": True, "valid_scores": {"20": 14.0, "30": 15.5}},
+               {"run": "rdrop-seed1", "complete": False, "valid_scores": {"20": 13.0, "30": 12.0}},
+               {"run": "baseline-seed1", "complete": True, "valid_scores": {"14": 14.0, "40": 17.4}}]
+    rows = [{"run": run, "point": point, "epoch": epoch, "result": {"score": score}}
+            for run, point, epoch, score in [("rdrop-seed2", "best", 30, 16.0), ("rdrop-seed2", "best valid score", 30, 16.0),
+                                             ("rdrop-seed1", "best", 30, 11.0), ("rdrop-seed1", "best valid score", 20, 12.0),
+                                             ("baseline-seed1", "best", 14, 14.7), ("baseline-seed1", "best valid score", 40, 18.7)]]
+    rows.append({"run": "rdrop-seed1", "point": "patience 10", "epoch": None, "result": None})
+    selection = {v["variant"]: v for v in report.variant_selection(summary, rows)}
+    assert sorted(selection) == ["baseline", "rdrop"]
+    rdrop = selection["rdrop"]
+    assert [(x["seed"], x["epoch"], x["valid"], x["test"], x["test_at_best_loss"]) for x in rdrop["seeds"]] == \
+        [(1, 20, 13.0, 12.0, 11.0), (2, 30, 15.5, 16.0, 16.0)]
+    assert (rdrop["mean_valid"], rdrop["mean_test"], rdrop["mean_test_at_best_loss"]) == (14.25, 14.0, 13.5)
+    table = report.selection_table([rdrop, selection["baseline"]], "test ROUGE-L").splitlines()
+    assert table[2] == "| rdrop | 2 | 20 (not complete) / 30 | 13.00 / 15.50 | 12.00 / 16.00 | 14.25 | 14.00 | 13.50 |"
+    assert table[3] == "| baseline | 1 | 40 | 17.40 | 18.70 | 17.40 | 18.70 | 14.70 |"
+
+
 def test_output_head_benchmark_times_stock_and_fused_heads():
     proc = subprocess.run([sys.executable, REPO / "bench" / "output_head.py", "--shapes", "small", "--passes", "2",
                            "--repeats", "1", "--threads", "1", "--blocks", "100"], capture_output=True, text=True)
