@@ -214,12 +214,12 @@ def variant_selection(summary: List[dict], rows: List[dict]) -> List[dict]:
 
 
 def selection_table(selection: List[dict], metric: str) -> str:
-    lines = [f"| variant | seeds | epoch chosen by valid score | valid score there | {metric} there "
+    lines = [f"| variant | seed | epoch chosen by valid score | valid score there | {metric} there "
              f"| mean valid | mean {metric} | mean {metric} at the best valid loss |",
-             "|---|---:|---|---|---|---:|---:|---:|"]
+             "|---|---|---|---|---|---:|---:|---:|"]
     for v in selection:
         per_seed = lambda fmt: " / ".join(fmt(x) for x in v["seeds"])
-        lines.append(f"| {v['variant']} | {len(v['seeds'])} "
+        lines.append(f"| {v['variant']} | {per_seed(lambda x: str(x['seed']))} "
                      f"| {per_seed(lambda x: str(x['epoch']) + ('' if x['complete'] else ' (not complete)'))} "
                      f"| {per_seed(lambda x: '%.2f' % x['valid'])} | {per_seed(lambda x: '%.2f' % x['test'])} "
                      f"| {v['mean_valid']:.2f} | {v['mean_test']:.2f} | {v['mean_test_at_best_loss']:.2f} |")

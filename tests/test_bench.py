@@ -231,7 +231,7 @@ def test_variant_selection_groups_seeds_and_averages_the_chosen_scores():
         [(1, 20, 13.0, 12.0, 11.0), (2, 30, 15.5, 16.0, 16.0)]
     assert (rdrop["mean_valid"], rdrop["mean_test"], rdrop["mean_test_at_best_loss"]) == (14.25, 14.0, 13.5)
     table = report.selection_table([rdrop, selection["baseline"]], "test ROUGE-L").splitlines()
-    assert table[2] == "| rdrop | 2 | 20 (not complete) / 30 | 13.00 / 15.50 | 12.00 / 16.00 | 14.25 | 14.00 | 13.50 |"
+    assert table[2] == "| rdrop | 1 / 2 | 20 (not complete) / 30 | 13.00 / 15.50 | 12.00 / 16.00 | 14.25 | 14.00 | 13.50 |"
     assert table[3] == "| baseline | 1 | 40 | 17.40 | 18.70 | 17.40 | 18.70 | 14.70 |"
 
 
