@@ -2,11 +2,11 @@
 a process that stops while that thread is inside a torch op aborts on Python < 3.14 unless the
 plugin stops the thread first."""
 import signal
-import subprocess
 import sys
+from pathlib import Path
 
 import torch
-from conftest import ONE_THREAD, REPO
+from conftest import REPO, run_cli
 from fairseq.data.iterators import BufferedIterator
 
 from fairseq_lrdrop.modules.background_loader_exit import stop_background_consumers
@@ -39,8 +39,7 @@ print("took a batch of shape", tuple(next(batches).shape), flush=True)
 def _exit_while_loading(mode, tmp_path):
     script = tmp_path / "exit_while_loading.py"
     script.write_text(EXIT_WHILE_LOADING)
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **ONE_THREAD}
-    return subprocess.run([sys.executable, script, mode], capture_output=True, text=True, env=env, timeout=300)
+    return run_cli(Path(sys.executable).name, script, mode, check=False, env={"PYTHONPATH": str(REPO)})
 
 
 def test_stock_exit_aborts_while_the_loader_thread_is_in_a_torch_op(tmp_path):

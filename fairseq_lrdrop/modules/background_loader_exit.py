@@ -46,12 +46,7 @@ def stop_background_consumers(timeout=JOIN_TIMEOUT_SECONDS):
     return stopped
 
 
-_installed = False
-
-
 def install_background_loader_exit():
-    """Idempotent; called when the plugin is imported."""
-    global _installed
-    if not _installed:
-        atexit.register(stop_background_consumers)
-        _installed = True
+    """Idempotent (registered once however often it is called); called when the plugin is imported."""
+    atexit.unregister(stop_background_consumers)
+    atexit.register(stop_background_consumers)
