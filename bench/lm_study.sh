@@ -16,6 +16,7 @@
 #   RDROP_GAMMA=1.0               R-Drop's weight
 #   RUN_DIR=runs/ddtp-lm  DATA_DIR=data/ddtp-nlu
 #   LANES=2 THREADS=1             runs side by side, torch threads per run
+#   PYTHON=python                 interpreter with fairseq and the plugin
 #   training knobs of examples/ddtp/lm.sh (MAX_EPOCH=60, PATIENCE=5, model) pass through
 set -euo pipefail
 

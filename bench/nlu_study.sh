@@ -19,6 +19,7 @@
 #   RDROP_GAMMA=1.0               R-Drop's weight (R-Drop's GLUE range is 0.5-1.0)
 #   RUN_DIR=runs/ddtp-nlu  DATA_DIR=data/ddtp-nlu
 #   LANES=2 THREADS=1             runs side by side, torch threads per run
+#   PYTHON=python                 interpreter with fairseq and the plugin
 #   fine-tuning knobs of examples/ddtp/finetune.sh (MAX_EPOCH=10, LR=2e-4, BATCH_SIZE=32, model)
 #   and pre-training knobs of examples/ddtp/pretrain.sh pass through
 set -euo pipefail

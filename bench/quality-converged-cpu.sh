@@ -25,6 +25,8 @@
 #                           rule of the studies in BENCHMARKS.md, stopped R-Drop and LR-Drop
 #                           while their valid loss was still falling (bench/ablation_report.py
 #                           on 100-epoch runs); 10 did not trigger within 100 epochs
+#   RDROP_IMPL=plugin       R-Drop = the plugin criterion at alpha = beta = 0 (train.sh's own
+#                           default is fairseq's criterion)
 #   THREADS=1               torch threads per run
 #   model and optimizer knobs with their defaults: bench/cpu-model.sh
 #   any bench/quality.sh, examples/ddtp/train.sh or prepare.sh knob passes through, except

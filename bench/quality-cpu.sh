@@ -17,9 +17,12 @@
 #   WEIGHTS=1,1,5           LR-Drop alpha,beta,gamma fixed in advance (empty: sweep SWEEP on valid)
 #   RDROP_IMPL=plugin       R-Drop runs with the plugin criterion at alpha = beta = 0 (same loss
 #                           and gradient as fairseq's criterion, faster); fairseq: fairseq's own
+#   MODES="lrdrop baseline rdrop"
+#   MAX_WORDS=12 (translation)   SUM_MAX_WORDS=30 MAX_TRAIN_PAIRS=8000 (summarization)
 #   THREADS=1               torch threads per study
 #   model and optimizer knobs with their defaults: bench/cpu-model.sh
-#   any bench/quality.sh, examples/ddtp/train.sh or prepare.sh knob passes through
+#   any other bench/quality.sh, examples/ddtp/train.sh or prepare.sh knob passes through;
+#   TASK, DATA_DIR (data/ddtp-quality[-sum]) and RUN_DIR (runs/quality-<task>) are fixed here
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -36,6 +36,7 @@
 #   STOP_TIME_HOURS=0           per-run training time cap (0 = off); a run that hits it is
 #                               marked "time cap" (not converged) in results.md
 #   OMP_NUM_THREADS             torch CPU threads per run (e.g. 1 to run two studies side by side)
+#   PYTHON=python3              interpreter with fairseq and the plugin
 #   any other examples/ddtp/train.sh or evaluate.sh knob passes through the environment
 # On a GPU machine the same command runs there (train.sh picks the GPU); raise the model
 # and MAX_EPOCH for a full-scale study.

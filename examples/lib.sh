@@ -1,4 +1,5 @@
-# Shared helpers of the example pipelines (examples/wmt14, examples/cnndm). Sourced, not run.
+# Shared helpers of the example pipelines (examples/wmt14, examples/cnndm, examples/glue).
+# Sourced, not run.
 # Every pipeline script sets REPO before sourcing this file.
 
 # PYTHON: interpreter with fairseq installed. Default: the project's venv when present,

@@ -19,7 +19,10 @@
 #   LR, BATCH_SIZE, MAX_UPDATE, WARMUP: the published values of the task (table below)
 #   MAX_EPOCH=10 DROPOUT=0.1 ATTN_DROPOUT=0.1 WEIGHT_DECAY=0.1 MAX_TOKENS=4400 SEED=1
 #   SAVE_DIR=runs/glue/$TASK-$MODE
-#   CPU=auto                  auto: --cpu when torch sees no CUDA device; 1: force; 0: never
+#   CPU=auto                  auto: --cpu when no GPU is detected (nvidia-smi -L, honouring
+#                             CUDA_VISIBLE_DEVICES; NUM_GPUS overrides); 1: force; 0: never
+#   NUM_GPUS                  overrides GPU detection (0 = CPU)
+#   PYTHON                    interpreter with fairseq (default: $REPO/.venv/bin/python, else python3)
 #   FP16=auto                 auto: --fp16 on a GPU (as published), never on CPU; 1 / 0
 #   EXTRA_ARGS=               more fairseq-train arguments, appended as is
 set -euo pipefail

@@ -54,7 +54,8 @@
 #   RECIPE_GPUS=8        rdrop-paper: GPUs the posted per-GPU batch was meant for
 #   MODE=lrdrop          baseline | rdrop | lrdrop
 #   PAIR=en-de           en-de | en-fr (selects DATA_BIN and the big model's dropout)
-#   ARCH=base            base -> lr_drop_transformer_wmt_en_de,
+#   ARCH=base            (big under RECIPE=rdrop-paper)
+#                        base -> lr_drop_transformer_wmt_en_de,
 #                        big  -> lr_drop_transformer_vaswani_wmt_en_de_big,
 #                        anything else: a registered fairseq arch name, used as is (settings
 #                        of "big" apply when the name contains "big", else of "base")
