@@ -36,7 +36,8 @@
 #                           data/ddtp-quality-sum-3k, 30, 3000)
 #   THREADS=1               torch threads per run (two invocations side by side on 2 cores)
 #   model and optimizer knobs: bench/cpu-model.sh; any examples/ddtp/train.sh knob passes
-#   through, except MODE, SEED, SAVE_DIR, the weights, PATIENCE, MAX_EPOCH and EXTRA_ARGS
+#   through, except MODE, SEED, SAVE_DIR, the weights, PATIENCE, MAX_EPOCH, EXTRA_ARGS,
+#   STOP_TIME_HOURS and NO_EPOCH_CHECKPOINTS, which this script sets
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
