@@ -9,14 +9,18 @@ From the decoded text (--hyp, --ref; one segment a line):
   loop_share        share of hypotheses with a repetition loop: a run of 2 to 4 words said
                     again right after itself ("de la documentation de la documentation"), or
                     one word three times in a row
-From one teacher-forced pass of the model over the binarized subset (eval mode, no dropout;
-the reference as decoder input):
+From one pass of the model over the binarized subset (eval mode, no dropout), for every
+family: encoder-decoder (teacher-forced, the reference as decoder input), language model
+(fairseq-eval-lm's blocks) and RoBERTa classifier (sentence_prediction; --data-bin may be left
+out to use the data the checkpoint was trained on):
   attention_entropy mean entropy (nats) of the attention rows of each module type
-                    (encoder_self, decoder_self, decoder_cross), over heads, layers and real
-                    query positions
-  output_entropy    mean entropy (nats) of the output distribution at real target positions
+                    (encoder_self, decoder_self, decoder_cross; None where the model has
+                    none), over heads, layers and real query positions
+  output_entropy    mean entropy (nats) of the output distribution at real target positions;
+                    a classifier's over its classes (None for a regression head)
   eos_prob_at_end   mean probability of EOS where the reference ends (its EOS position)
-  eos_prob_inside   mean probability of EOS at the other real target positions
+  eos_prob_inside   mean probability of EOS at the other real target positions (both None
+                    for a classifier)
 Prints the JSON; --json also writes it.
 """
 import argparse
@@ -25,7 +29,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -57,13 +61,19 @@ def row_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * probs.clamp_min(1e-300).log()).sum(-1)
 
 
-def model_measures(checkpoint: str, data_bin: str, subset: str, max_tokens: int) -> dict:
+def model_measures(checkpoint: str, data_bin: Optional[str], subset: str, max_tokens: int) -> dict:
+    """One eval-mode pass over the subset, for each family: encoder-decoder (teacher-forced,
+    the reference as decoder input), language model (the block's tokens as input), and
+    RoBERTa classifier (its classification head; the output entropy is over classes, and is
+    None for a regression head). Attention modules the model lacks, and the EOS measures of a
+    classifier, are None."""
     from fairseq import checkpoint_utils, utils
 
     import fairseq_lrdrop  # noqa: F401  (the lr_drop_* archs and checkpoint loading)
     from fairseq_lrdrop.modules.layer_states import ATTENTION_MODULES, LayerStateRequest, layer_stacks, recording_layer_states
 
-    (model,), _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": data_bin})
+    overrides = {"data": data_bin} if data_bin else {}
+    (model,), cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
     model.eval()
     task.load_dataset(subset)
     dataset = task.dataset(subset)
@@ -71,10 +81,15 @@ def model_measures(checkpoint: str, data_bin: str, subset: str, max_tokens: int)
                                       max_positions=utils.resolve_max_positions(task.max_positions(),
                                                                                 model.max_positions()),
                                       required_batch_size_multiple=1).next_epoch_itr(shuffle=False)
-    request = LayerStateRequest(encoder_layers=tuple(range(len(model.encoder.layers))),
-                                decoder_layers=tuple(range(len(model.decoder.layers))),
+    stacks = layer_stacks(model)
+    request = LayerStateRequest(encoder_layers=tuple(range(len(stacks.get("encoder", ())))),
+                                decoder_layers=tuple(range(len(stacks.get("decoder", ())))),
                                 hidden_states=False, attention_modules=ATTENTION_MODULES)
-    pad, eos = task.target_dictionary.pad(), task.target_dictionary.eos()
+    heads = list(getattr(model, "classification_heads", None) or {})
+    head = getattr(cfg.criterion, "classification_head_name", None) if heads else None
+    if heads and head not in heads:
+        head = heads[0]
+    pad = task.source_dictionary.pad()
     sums = {name: [0.0, 0] for name in (*ATTENTION_MODULES, "output", "eos_end", "eos_inside")}
 
     def add(name, values):
@@ -84,17 +99,26 @@ def model_measures(checkpoint: str, data_bin: str, subset: str, max_tokens: int)
     with torch.no_grad():
         for sample in batches:
             net_input = sample["net_input"]
-            with recording_layer_states(layer_stacks(model), request) as states:
-                net_output = model(**net_input)
+            with recording_layer_states(stacks, request) as states:
+                if head:
+                    logits, _ = model(**net_input, features_only=True, classification_head_name=head)  # B x classes
+                else:
+                    net_output = model(**net_input)
             source = net_input["src_tokens"].ne(pad)  # B x S
-            target_in = net_input["prev_output_tokens"].ne(pad)  # B x T
-            queries = {"encoder_self": source, "decoder_self": target_in, "decoder_cross": target_in}
+            # a language model's decoder reads src_tokens; an encoder-decoder's, the shifted target
+            decoder_in = net_input.get("prev_output_tokens", net_input["src_tokens"]).ne(pad)  # B x T
+            queries = {"encoder_self": source, "decoder_self": decoder_in, "decoder_cross": decoder_in}
             for name, layers in states.attention.items():
                 for probs in layers.values():  # H x B x T x S
                     add(name, row_entropy(probs)[:, queries[name]])
+            if head:
+                if logits.size(-1) > 1:
+                    add("output", row_entropy(logits.float().softmax(-1)))
+                continue
             probs = model.get_normalized_probs(net_output, log_probs=False)  # B x T x V
             target = sample["target"]
-            real = target.ne(pad)
+            eos = task.target_dictionary.eos()
+            real = target.ne(task.target_dictionary.pad())
             add("output", row_entropy(probs)[real])
             eos_probs = probs[..., eos]
             add("eos_end", eos_probs[target.eq(eos)])
@@ -110,7 +134,7 @@ def main():
     logging.disable(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--data-bin", required=True)
+    parser.add_argument("--data-bin", help="data directory (default: the one the checkpoint was trained on)")
     parser.add_argument("--subset", default="test")
     parser.add_argument("--hyp", help="decoded hypotheses, one a line (with --ref)")
     parser.add_argument("--ref", help="references, one a line (with --hyp)")

@@ -4,16 +4,17 @@ perplexity of baseline, R-Drop and LR-Drop over seeds (mean, sample standard dev
 seed), its difference to the baseline with Welch's t-test, the epoch each run stopped at, and
 training time.
 
-Inputs:  --run-dir (default runs/ddtp-lm): <size>-<mode>-seed<k>/result.json (examples/ddtp/lm.sh)
+Inputs:  --run-dir (default runs/ddtp-lm): <size>-<mode>-seed<k>/result.json (examples/ddtp/lm.sh),
+         and diagnose-test.json beside it (bench/diagnose.py: self-attention and output
+         entropy, mean over seeds; "-" where a run has none)
 Outputs: RUN_DIR/report.md (printed too), RUN_DIR/report.json
 """
 import argparse
-import glob
 import json
 import os
 import sys
 
-from nlu_report import MODES, NAMES, mode_row
+from nlu_report import MODES, NAMES, entropy_cells, load_results, mode_row
 
 
 def study(results):
@@ -34,18 +35,19 @@ def study(results):
 
 def markdown(table):
     lines = ["| train descriptions | mode | weights (alpha,beta,gamma) | test perplexity, mean ± sd | per seed | "
-             "Δ vs baseline | Welch p | valid perplexity (mean) | best epoch / epochs run | train time per run | time / baseline |",
-             "|---|---|---|---:|---|---:|---:|---:|---|---:|---:|"]
+             "Δ vs baseline | Welch p | valid perplexity (mean) | best epoch / epochs run | train time per run | time / baseline | "
+             "self-attention entropy | output entropy |",
+             "|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     for size, modes in table.items():
         for mode, row in modes.items():
             diff = "%+.2f" % row["diff"] if "diff" in row else ""
             p = "%.3f" % row["p_welch"] if row.get("p_welch") is not None else ""
             ratio = "%.2fx" % row["time_ratio"] if "time_ratio" in row else ""
             epochs = " ".join("%d/%d" % pair for pair in zip(row["best_epochs"], row["epochs"]))
-            lines.append("| %s | %s | %s | %.2f ± %.2f | %s | %s | %s | %.2f | %s | %.0f s | %s |" % (
+            lines.append("| %s | %s | %s | %.2f ± %.2f | %s | %s | %s | %.2f | %s | %.0f s | %s | %s |" % (
                 size, NAMES[mode], row["weights"], row["test_mean"], row["test_std"],
                 " ".join("%.2f" % v for v in row["test"]), diff, p, row["valid_mean"], epochs,
-                row["train_seconds_mean"], ratio))
+                row["train_seconds_mean"], ratio, entropy_cells(row)))
     return "\n".join(lines) + "\n"
 
 
@@ -53,10 +55,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run-dir", default="runs/ddtp-lm")
     args = ap.parse_args(argv)
-    results = []
-    for path in sorted(glob.glob(os.path.join(args.run_dir, "*-seed*", "result.json"))):
-        with open(path) as fh:
-            results.append(json.load(fh))
+    results = load_results(args.run_dir)
     if not results:
         sys.exit("error: no */result.json under --run-dir %s (run bench/lm_study.sh)" % args.run_dir)
     table = study(results)

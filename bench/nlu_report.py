@@ -4,8 +4,9 @@ test accuracy of baseline, R-Drop and LR-Drop over seeds (mean, sample standard 
 every seed), its difference to the baseline with Welch's t-test (scipy), and training time;
 plus the valid accuracies that chose LR-Drop's weights.
 
-Inputs:  --run-dir (default runs/ddtp-nlu): <task>-<size>-<mode>...-seed<k>/result.json and
-         <task>-<size>-lrdrop-choice.txt
+Inputs:  --run-dir (default runs/ddtp-nlu): <task>-<size>-<mode>...-seed<k>/result.json (and
+         diagnose-test.json beside it, bench/diagnose.py's entropies: its columns then show
+         the mean over seeds, "-" where a run has none), <task>-<size>-lrdrop-choice.txt
 Outputs: RUN_DIR/report.md (printed too), RUN_DIR/report.json, and with --plot FILE a strip
          plot of test accuracy per seed (matplotlib)
 """
@@ -22,11 +23,24 @@ MODES = ("baseline", "rdrop", "lrdrop")
 NAMES = {"baseline": "baseline", "rdrop": "R-Drop", "lrdrop": "LR-Drop"}
 
 
-def load(run_dir):
+def load_results(run_dir):
+    """Every <run>-seed<k>/result.json, with its run's diagnose-test.json as "diagnosis"
+    (None when absent)."""
     results = []
     for path in sorted(glob.glob(os.path.join(run_dir, "*-seed*", "result.json"))):
         with open(path) as fh:
-            results.append(json.load(fh))
+            result = json.load(fh)
+        diagnosis = os.path.join(os.path.dirname(path), "diagnose-test.json")
+        result["diagnosis"] = None
+        if os.path.exists(diagnosis):
+            with open(diagnosis) as fh:
+                result["diagnosis"] = json.load(fh)
+        results.append(result)
+    return results
+
+
+def load(run_dir):
+    results = load_results(run_dir)
     choices = {}
     for path in glob.glob(os.path.join(run_dir, "*-lrdrop-choice.txt")):
         key = os.path.basename(path)[: -len("-lrdrop-choice.txt")]
@@ -49,16 +63,31 @@ def compare(mode_values, baseline_values):
     return diff, float(ttest_ind(mode_values, baseline_values, equal_var=False).pvalue)
 
 
+def entropy_means(runs):
+    """Means over the runs of bench/diagnose.py's test-set entropies (nats): the model's one
+    self-attention module (a classifier's encoder, a language model's decoder) and its output
+    distribution; None unless every run has a diagnosis with that value."""
+    def mean(values):
+        return statistics.mean(values) if values and None not in values else None
+
+    diagnoses = [r.get("diagnosis") for r in runs]
+    if None in diagnoses:
+        return {"self_attention_entropy": None, "output_entropy": None}
+    attention = [[v for v in d["attention_entropy"].values() if v is not None] for d in diagnoses]
+    return {"self_attention_entropy": mean([a[0] if len(a) == 1 else None for a in attention]),
+            "output_entropy": mean([d["output_entropy"] for d in diagnoses])}
+
+
 def mode_row(runs, base, test_key, valid_key):
     """One mode's row over its seeds: the test metric per seed, mean and sd, the valid mean,
-    training time, and against the baseline's runs (base) the difference, Welch's p and the
-    time ratio."""
+    training time, the entropy means (entropy_means), and against the baseline's runs (base)
+    the difference, Welch's p and the time ratio."""
     runs = sorted(runs, key=lambda r: r["seed"])
     test = [r[test_key] for r in runs]
     mean, std = summarize(test)
     row = {"weights": runs[0]["weights"], "seeds": [r["seed"] for r in runs], "test": test,
            "test_mean": mean, "test_std": std, "valid_mean": statistics.mean(r[valid_key] for r in runs),
-           "train_seconds_mean": statistics.mean(r["train_seconds"] for r in runs)}
+           "train_seconds_mean": statistics.mean(r["train_seconds"] for r in runs), **entropy_means(runs)}
     if base and runs[0]["mode"] != "baseline":
         row["diff"], row["p_welch"] = compare(test, [r[test_key] for r in base])
         row["time_ratio"] = row["train_seconds_mean"] / statistics.mean(r["train_seconds"] for r in base)
@@ -79,19 +108,26 @@ def study(results, choices):
             for key, modes in sorted(groups.items())}
 
 
+def entropy_cells(row):
+    """The two entropy columns of a row: "%.3f" or "-"."""
+    return " | ".join("-" if row[key] is None else "%.3f" % row[key]
+                      for key in ("self_attention_entropy", "output_entropy"))
+
+
 def markdown(table, choices):
     lines = ["| task, train size | mode | weights (alpha,beta,gamma) | test accuracy, mean ± sd | per seed | "
-             "Δ vs baseline | Welch p | valid accuracy (mean) | train time per run | time / baseline |",
-             "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+             "Δ vs baseline | Welch p | valid accuracy (mean) | train time per run | time / baseline | "
+             "encoder self-attention entropy | class entropy |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key, modes in table.items():
         for mode, row in modes.items():
             diff = "%+.2f" % row["diff"] if "diff" in row else ""
             p = "%.3f" % row["p_welch"] if row.get("p_welch") is not None else ""
             ratio = "%.2fx" % row["time_ratio"] if "time_ratio" in row else ""
-            lines.append("| %s | %s | %s | %.2f ± %.2f | %s | %s | %s | %.2f | %.0f s | %s |" % (
+            lines.append("| %s | %s | %s | %.2f ± %.2f | %s | %s | %s | %.2f | %.0f s | %s | %s |" % (
                 key, NAMES[mode], row["weights"], row["test_mean"], row["test_std"],
                 " ".join("%.1f" % v for v in row["test"]), diff, p, row["valid_mean"],
-                row["train_seconds_mean"], ratio))
+                row["train_seconds_mean"], ratio, entropy_cells(row)))
     if choices:
         lines += ["", "LR-Drop's weights, chosen on valid accuracy (seed 1):", "",
                   "| task, train size | valid accuracy per triple | chosen |", "|---|---|---|"]

@@ -6,8 +6,9 @@
 # accuracy picks the triple that then trains the other seeds (its seed-1 run is reused).
 #
 # Inputs:  apt access or DDTP_INDEX_DIR (examples/ddtp/prepare-nlu.sh)
-# Outputs: $RUN_DIR/<task>-<size>-<mode>[-<alpha,beta,gamma>]-seed<k>/result.json (and the
-#          fine-tuning logs), $RUN_DIR/<task>-<size>-lrdrop-choice.txt, $RUN_DIR/pretrained/,
+# Outputs: $RUN_DIR/<task>-<size>-<mode>[-<alpha,beta,gamma>]-seed<k>/result.json,
+#          diagnose-test.json (and the fine-tuning logs), $RUN_DIR/<task>-<size>-lrdrop-choice.txt,
+#          $RUN_DIR/pretrained/,
 #          $RUN_DIR/report.md + report.json (bench/nlu_report.py); finished runs are skipped
 #          on a rerun.
 #
@@ -20,12 +21,15 @@
 #   RUN_DIR=runs/ddtp-nlu  DATA_DIR=data/ddtp-nlu
 #   LANES=2 THREADS=1             runs side by side, torch threads per run
 #   PYTHON=python                 interpreter with fairseq and the plugin
+#   DIAGNOSE=1                    bench/diagnose.py's test-set entropies of each run
+#                                 (<run>/diagnose-test.json; 0 skips, the report shows "-")
 #   fine-tuning knobs of examples/ddtp/finetune.sh (MAX_EPOCH=10, LR=2e-4, BATCH_SIZE=32, model)
 #   and pre-training knobs of examples/ddtp/pretrain.sh pass through
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DDTP="$HERE/../examples/ddtp"
+source "$HERE/study_lib.sh"
 TASKS="${TASKS:-classification pairs}"
 SIZES="${SIZES:-1000}"
 SEEDS="${SEEDS:-1 2 3 4 5}"
@@ -34,14 +38,14 @@ WEIGHT_GRID="${WEIGHT_GRID:-0.01,0.01,1 0.1,0.1,1 1,1,1}"
 RDROP_GAMMA="${RDROP_GAMMA:-1.0}"
 export RUN_DIR="${RUN_DIR:-runs/ddtp-nlu}" DATA_DIR="${DATA_DIR:-data/ddtp-nlu}"
 LANES="${LANES:-2}"
-export THREADS="${THREADS:-1}" PYTHON="${PYTHON:-python}"
+export THREADS="${THREADS:-1}" PYTHON="${PYTHON:-python}" DIAGNOSE="${DIAGNOSE:-1}" HERE
 
-die() { echo "error: $*" >&2; exit 1; }
 for task in $TASKS; do case "$task" in classification|pairs) ;; *) die "TASKS entry '$task': choose classification and/or pairs" ;; esac; done
 for mode in $MODES; do case "$mode" in baseline|rdrop|lrdrop) ;; *) die "MODES entry '$mode': choose baseline, rdrop, lrdrop" ;; esac; done
 for seed in $SEEDS; do [[ "$seed" =~ ^[0-9]+$ ]] || die "SEEDS entry '$seed' is not a whole number"; done
 for triple in $WEIGHT_GRID; do [[ "$triple" =~ ^[0-9.]+,[0-9.]+,[0-9.]+$ ]] || die "WEIGHT_GRID entry '$triple' is not alpha,beta,gamma"; done
 [[ "$LANES" =~ ^[1-9][0-9]*$ ]] || die "LANES must be a positive whole number, got '$LANES'"
+[[ "$DIAGNOSE" == 0 || "$DIAGNOSE" == 1 ]] || die "DIAGNOSE must be 0 or 1, got '$DIAGNOSE'"
 FIRST_SEED="${SEEDS%% *}"
 
 bash "$DDTP/prepare-nlu.sh"   # TRAIN_SIZES (its default: 1000 10000 all) must hold SIZES
@@ -56,11 +60,11 @@ job() {
   read -r task size mode seed a b g dir <<< "$1"
   TASK=$task SIZE=$size MODE=$mode SEED=$seed HIDDEN_REG_WEIGHT=$a ATTN_REG_WEIGHT=$b \
     OUTPUT_REG_WEIGHT=$g SAVE_DIR=$dir bash "$DDTP/finetune.sh" > "$dir.out" 2>&1 \
-    && echo "done $dir: $(tail -n 1 "$dir.out")" || { echo "FAILED $dir (log: $dir.out)"; return 1; }
+    || { echo "FAILED $dir (log: $dir.out)"; return 1; }
+  diagnose_run "$dir" "$DATA_DIR/bin/$task-$size" && echo "done $dir: $(tail -n 1 "$dir.out")"
 }
 export -f job
 export DDTP
-run_jobs() { [[ -s "$1" ]] || return 0; tr '\n' '\0' < "$1" | xargs -0 -P "$LANES" -I{} bash -c 'job "$@"' _ {}; }
 
 mkdir -p "$RUN_DIR"
 jobs1="$RUN_DIR/jobs.phase1" jobs2="$RUN_DIR/jobs.phase2"

@@ -41,6 +41,16 @@ def write_corpus(directory: Path, sizes=(("train", 300), ("valid", 30), ("test",
                 de.write(" ".join(table[w] for w in words) + "\n")
 
 
+def bench_module(name: str):
+    """A script of bench/ (bench/<name>.py) imported as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(tool, *args, check=True, env=None, cwd=None):
     """Run a fairseq console script from this venv; returns the CompletedProcess."""
     proc = subprocess.run(

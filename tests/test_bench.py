@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, bench_module
 
 
 def test_speed_benchmark_reports_every_configuration(tmp_path):
@@ -71,11 +71,7 @@ def test_term_benchmark_times_both_versions_of_every_term(tmp_path):
 def test_curves_keep_the_history_of_a_resumed_run(tmp_path):
     """A resumed run appends to the same --log-file, restarting from its last checkpoint: its
     records replace the older ones from that update on, the rest of the history stays."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("plot", REPO / "bench" / "plot.py")
-    plot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot)
+    plot = bench_module("plot")
     records = [{"loss": "5", "num_updates": "50"}, {"loss": "4", "num_updates": "100"},
                {"valid_loss": "4.5", "valid_num_updates": "100"}, {"loss": "3.9", "num_updates": "150"},
                # killed after update 150; resumed from the checkpoint at update 100
@@ -128,21 +124,12 @@ def test_speed_benchmark_runs_a_subset_of_configurations(tmp_path):
     assert bad.returncode == 2 and "--configs: unknown configuration rdorp" in bad.stderr
 
 
-def _diagnose():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("diagnose", REPO / "bench" / "diagnose.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_diagnosis_text_measures_and_entropy():
     import math
 
     import torch
 
-    diagnose = _diagnose()
+    diagnose = bench_module("diagnose")
     loops = ["documentation de la documentation de la documentation", "sehr sehr sehr gut", "a b a b"]
     clean = ["der hund sieht die katze", "sehr sehr gut", "de la maison de la ville", ""]
     assert all(diagnose.has_loop(h.split()) for h in loops)

@@ -9,7 +9,7 @@ import numpy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import EN, USER_DIR, run_cli
+from conftest import EN, USER_DIR, bench_module, run_cli
 
 TINY_ENCODER = ["--encoder-layers", "2", "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
                 "--encoder-attention-heads", "4", "--max-positions", "64"]
@@ -240,6 +240,61 @@ def _same_weights(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _entropy(probs):
+    """Entropy (nats) over the last dimension, written apart from bench/diagnose.py's."""
+    return -torch.special.xlogy(probs.double(), probs.double()).sum(-1)
+
+
+def _language_model_diagnosis_matches_unpadded_passes(checkpoint, data):
+    """bench/diagnose.py on a language model, against one block at a time (no padding):
+    output entropy and EOS probabilities equal; self-attention entropy is a causal one."""
+    from fairseq import checkpoint_utils
+
+    measures = bench_module("diagnose").model_measures(str(checkpoint), str(data), "valid", max_tokens=256)
+    (model,), _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides={"data": str(data)})
+    model.eval()
+    task.load_dataset("valid")
+    dataset, eos = task.dataset("valid"), task.dictionary.eos()
+    output, at_end, inside, causal_bound = [], [], [], []
+    with torch.no_grad():
+        for index in range(len(dataset)):
+            item = dataset[index]
+            probs = model(item["source"][None])[0].float().softmax(-1)[0]  # T x V
+            output += _entropy(probs).tolist()
+            at_end += probs[item["target"].eq(eos), eos].tolist()
+            inside += probs[item["target"].ne(eos), eos].tolist()
+            causal_bound += [math.log(t + 1) for t in range(len(item["source"]))]  # row t sees t + 1 keys
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    assert measures["output_entropy"] == pytest.approx(mean(output), rel=1e-5)
+    assert measures["eos_prob_at_end"] == pytest.approx(mean(at_end), rel=1e-5)
+    assert measures["eos_prob_inside"] == pytest.approx(mean(inside), rel=1e-5)
+    attention = measures["attention_entropy"]
+    assert attention["encoder_self"] is None and attention["decoder_cross"] is None
+    # an untrained-ish model attends almost uniformly: without the causal mask, or with padding
+    # keys, the mean would pass the mean of log(keys a causal row sees)
+    assert 0 < attention["decoder_self"] < mean(causal_bound)
+
+
+def _classifier_diagnosis_matches_the_hub(hub, checkpoint, data):
+    """bench/diagnose.py on a RoBERTa classifier: the mean entropy of the class distribution
+    equals the hub interface's, sentence by sentence; self-attention stays within each
+    sentence's real tokens; no EOS measures."""
+    measures = bench_module("diagnose").model_measures(str(checkpoint), str(data), "valid", max_tokens=512)
+    hub.task.load_dataset("valid")
+    dataset = hub.task.dataset("valid")
+    output, bound = [], []
+    with torch.no_grad():
+        for index in range(len(dataset)):
+            tokens = dataset[index]["net_input.src_tokens"]
+            output.append(_entropy(hub.predict("sentence_classification_head", tokens).exp()).item())
+            bound += [math.log(len(tokens))] * len(tokens)
+    assert measures["output_entropy"] == pytest.approx(sum(output) / len(output), rel=1e-5)
+    attention = measures["attention_entropy"]
+    assert attention["decoder_self"] is None and attention["decoder_cross"] is None
+    assert 0 < attention["encoder_self"] <= sum(bound) / len(bound) + 1e-9
+    assert measures["eos_prob_at_end"] is None and measures["eos_prob_inside"] is None
+
+
 def test_language_model_trains_evaluates_and_moves_to_stock(corpora, tmp_path):
     # --sample-break-mode eos goes through np.compat.long: with the plugin it trains on numpy 2
     lm = [corpora["lm"], *LM_TASK, *TINY_DECODER, "--max-tokens", "256", "--max-update", "3"]
@@ -253,6 +308,7 @@ def test_language_model_trains_evaluates_and_moves_to_stock(corpora, tmp_path):
                         "--gen-subset", "valid")
     perplexity = float(re.search(r"Perplexity: ([0-9.]+)", evaluated.stdout + evaluated.stderr).group(1))
     assert math.isfinite(perplexity) and 1 < perplexity < 1000
+    _language_model_diagnosis_matches_unpadded_passes(checkpoint, corpora["lm"])
     # LR-Drop -> stock transformer_lm (the plugin only for loading): the same weights
     _train(*lm, "--arch", "transformer_lm", "--criterion", "cross_entropy", "--restore-file", checkpoint,
            "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--lr-scheduler", "fixed", "--lr", "0",
@@ -294,3 +350,4 @@ def test_roberta_fine_tunes_from_a_stock_checkpoint_and_moves_back(corpora, tmp_
     tokens = torch.cat([torch.tensor([hub.task.source_dictionary.bos()]), tokens])
     lprobs = hub.predict("sentence_classification_head", tokens)
     assert lprobs.shape == (1, 2) and torch.allclose(lprobs.exp().sum(), torch.tensor(1.0))
+    _classifier_diagnosis_matches_the_hub(hub, finetuned_path, corpora["cls"])

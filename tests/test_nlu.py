@@ -104,6 +104,12 @@ def test_study_chooses_lr_drop_weights_on_valid_and_reports_every_seed(prepared)
         assert runs[0]["weights"] == ("0,0,0" if mode == "baseline" else "0,0,1.0")
         assert 0 <= runs[0]["test_accuracy"] <= 100 and runs[0]["epochs"] == 1
     assert report["lrdrop"]["weights"] == best and report["lrdrop"]["seeds"] == [1, 2]
+    # bench/diagnose.py ran on every best checkpoint: the classifier's entropies, no EOS measures
+    diagnoses = [json.loads((run_dir / f"classification-10-baseline-seed{s}/diagnose-test.json").read_text()) for s in (1, 2)]
+    for diagnosis in diagnoses:
+        assert 0 < diagnosis["output_entropy"] <= math.log(3)  # three sections in the tiny index
+        assert diagnosis["attention_entropy"]["encoder_self"] > 0 and diagnosis["eos_prob_at_end"] is None
+    assert report["baseline"]["output_entropy"] == pytest.approx(statistics.mean(d["output_entropy"] for d in diagnoses))
     assert "| classification-10 | LR-Drop | %s |" % best in (run_dir / "report.md").read_text()
     # a rerun trains nothing
     again = _bash(os.path.join(ROOT, "bench/nlu_study.sh"), work, timeout=600, DDTP_INDEX_DIR=work / "idx",
@@ -126,6 +132,14 @@ def test_pair_task_fine_tunes_with_lr_drop_and_scores_the_test_split(prepared, t
     assert result["weights"] == "0.01,0.01,1.0" and result["task"] == "pairs"
     log = (tmp_path / "ft/train.out").read_text()
     assert '"train_hidden_reg"' in log and '"train_attn_reg"' in log and "--restore-file" in (tmp_path / "ft/command.txt").read_text()
+    assert "Loaded checkpoint" in log and "pre/checkpoint_last.pt" in log
+    # PRETRAINED=none: the same recipe from a random start
+    scratch = _bash(os.path.join(EX, "finetune.sh"), work, DATA_DIR=work / "data", TASK="classification", SIZE="10",
+                    MODE="baseline", PRETRAINED="none", SAVE_DIR=tmp_path / "scratch", **TINY)
+    assert scratch.returncode == 0, scratch.stdout + scratch.stderr
+    assert json.loads((tmp_path / "scratch/result.json").read_text())["mode"] == "baseline"
+    assert "--restore-file" not in (tmp_path / "scratch/command.txt").read_text()
+    assert "No existing checkpoint found" in (tmp_path / "scratch/train.out").read_text()
 
 
 LM_TINY = dict(LAYERS=1, EMBED_DIM=16, FFN_DIM=32, HEADS=2, TOKENS_PER_SAMPLE=16, MAX_TOKENS=64, WARMUP=2,
@@ -176,6 +190,17 @@ def test_lm_study_trains_every_mode_and_scores_test_perplexity_as_stock_validati
     table = json.loads((run_dir / "report.json").read_text())["table"]["20"]
     assert table["lrdrop"]["diff"] == pytest.approx(results["lrdrop"]["test_ppl"] - results["baseline"]["test_ppl"])
     assert table["rdrop"]["test"] == [results["rdrop"]["test_ppl"]]
+    # bench/diagnose.py ran on every run's best checkpoint; the report carries its entropies
+    for mode in results:
+        diagnosis = json.loads((run_dir / f"20-{mode}-seed1/diagnose-test.json").read_text())
+        attention = diagnosis["attention_entropy"]
+        assert attention["encoder_self"] is None and attention["decoder_cross"] is None
+        vocabulary = len(_lines(work / "data/bin/lm-en-20/dict.txt")) + 4  # with <s>, <pad>, </s>, <unk>
+        assert 0 < attention["decoder_self"] < math.log(16) and 0 < diagnosis["output_entropy"] < math.log(vocabulary)
+        assert table[mode]["self_attention_entropy"] == attention["decoder_self"]
+        assert table[mode]["output_entropy"] == diagnosis["output_entropy"]
+    assert "| %.3f | %.3f |" % (table["lrdrop"]["self_attention_entropy"], table["lrdrop"]["output_entropy"]) \
+        in (run_dir / "report.md").read_text()
     again = _lm_study(work, run_dir)
     assert again.returncode == 0 and "NLU data cached" in again.stdout + again.stderr
     assert json.loads((run_dir / "20-lrdrop-seed1/result.json").read_text()) == results["lrdrop"]
@@ -190,8 +215,19 @@ def test_report_statistics_match_welchs_formula(tmp_path):
             (d / "result.json").write_text(json.dumps(dict(
                 task="classification", size="1000", mode=mode, seed=seed, weights="0,0,1", epochs=3,
                 valid_accuracy=acc + 1, test_accuracy=acc, test_examples=100, train_seconds=10 * (2 if mode == "rdrop" else 1))))
+            if (mode, seed) != ("baseline", 3):  # bench/diagnose.py's entropies, one run without
+                (d / "diagnose-test.json").write_text(json.dumps(dict(
+                    attention_entropy=dict(encoder_self=acc / 20, decoder_self=None, decoder_cross=None),
+                    output_entropy=acc / 100, eos_prob_at_end=None, eos_prob_inside=None)))
     assert nlu_report.main(["--run-dir", str(tmp_path), "--plot", str(tmp_path / "plot.png")]) == 0
-    row = json.loads((tmp_path / "report.json").read_text())["table"]["classification-1000"]["rdrop"]
+    table = json.loads((tmp_path / "report.json").read_text())["table"]["classification-1000"]
+    row = table["rdrop"]
+    assert row["self_attention_entropy"] == pytest.approx(statistics.mean(values["rdrop"]) / 20)
+    assert row["output_entropy"] == pytest.approx(statistics.mean(values["rdrop"]) / 100)
+    assert table["baseline"]["self_attention_entropy"] is None is table["baseline"]["output_entropy"]
+    report = (tmp_path / "report.md").read_text()
+    assert "| 2.00x | %.3f | %.3f |" % (row["self_attention_entropy"], row["output_entropy"]) in report
+    assert "|  | - | - |" in report  # the baseline row: no time ratio, no complete diagnosis
     a, b = values["rdrop"], values["baseline"]
     va, vb = statistics.variance(a) / 3, statistics.variance(b) / 3
     t = (statistics.mean(a) - statistics.mean(b)) / math.sqrt(va + vb)

@@ -17,6 +17,7 @@
 #                             bench/nlu_study.sh; README "Default weights")
 #                             (rdrop: alpha = beta = 0; baseline: stock sentence_prediction)
 #   DATA_DIR=data/ddtp-nlu    PRETRAINED=runs/ddtp-nlu/pretrained/checkpoint_last.pt
+#                             (none: no pre-training, the same recipe from a random start)
 #   SAVE_DIR=runs/ddtp-nlu/$TASK-$SIZE-$MODE-seed$SEED
 #   model: LAYERS=2 EMBED_DIM=128 FFN_DIM=512 HEADS=4 MAX_POSITIONS=128 (as pre-trained)
 #   MAX_EPOCH=10 BATCH_SIZE=32 LR=2e-4 WARMUP_RATIO=0.06 DROPOUT=0.1 SEED=1
@@ -53,7 +54,9 @@ done
 for knob in MAX_EPOCH BATCH_SIZE SEED; do [[ "${!knob}" =~ ^[1-9][0-9]*$|^0$ ]] || die "$knob must be a whole number, got '${!knob}'"; done
 DATA_BIN="$DATA_DIR/bin/$TASK-$SIZE"
 [[ -f "$DATA_BIN/label/dict.txt" && -f "$DATA_BIN/input0/train.idx" ]] || die "$DATA_BIN/input0 or label missing (run: TRAIN_SIZES=\"... $SIZE\" bash examples/ddtp/prepare-nlu.sh, or set DATA_DIR)"
-[[ -s "$PRETRAINED" ]] || die "PRETRAINED=$PRETRAINED missing (run: bash examples/ddtp/pretrain.sh)"
+[[ "$PRETRAINED" == none || -s "$PRETRAINED" ]] || die "PRETRAINED=$PRETRAINED missing (run: bash examples/ddtp/pretrain.sh, or PRETRAINED=none)"
+RESTORE=(--restore-file "$PRETRAINED")
+[[ "$PRETRAINED" == none ]] && RESTORE=()
 if [[ -s "$SAVE_DIR/result.json" ]]; then cat "$SAVE_DIR/result.json"; exit 0; fi
 [[ -z "$THREADS" ]] || export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 
@@ -69,7 +72,7 @@ rm -rf "$SAVE_DIR"; mkdir -p "$SAVE_DIR"
 CMD=("$PYTHON" -m fairseq_cli.train "$DATA_BIN" --user-dir "$REPO/fairseq_lrdrop"
   --task sentence_prediction --arch lr_drop_roberta "${ENCODER_ARGS[@]}" --num-classes "$CLASSES"
   --init-token 0 --separator-token 2 --shorten-method truncate "${CRITERION[@]}"
-  --restore-file "$PRETRAINED" --reset-optimizer --reset-dataloader --reset-meters --reset-lr-scheduler
+  "${RESTORE[@]}" --reset-optimizer --reset-dataloader --reset-meters --reset-lr-scheduler
   --dropout "$DROPOUT" --attention-dropout "$DROPOUT"
   --optimizer adam --adam-betas '(0.9,0.98)' --adam-eps 1e-06 --weight-decay 0.1 --clip-norm 0.0
   --lr-scheduler polynomial_decay --lr "$LR" --warmup-updates "$WARMUP" --total-num-update "$TOTAL_UPDATES"
