@@ -140,6 +140,11 @@ def test_pair_task_fine_tunes_with_lr_drop_and_scores_the_test_split(prepared, t
     assert json.loads((tmp_path / "scratch/result.json").read_text())["mode"] == "baseline"
     assert "--restore-file" not in (tmp_path / "scratch/command.txt").read_text()
     assert "No existing checkpoint found" in (tmp_path / "scratch/train.out").read_text()
+    missing = _bash(os.path.join(EX, "finetune.sh"), work, DATA_DIR=work / "data", TASK="pairs", SIZE="all",
+                    PRETRAINED=tmp_path / "absent.pt", SAVE_DIR=tmp_path / "absent", **TINY)
+    errors = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
+    assert missing.returncode != 0 and len(errors) == 1 and "absent.pt missing" in errors[0] and "PRETRAINED=none" in errors[0]
+    assert not (tmp_path / "absent").exists()
 
 
 LM_TINY = dict(LAYERS=1, EMBED_DIM=16, FFN_DIM=32, HEADS=2, TOKENS_PER_SAMPLE=16, MAX_TOKENS=64, WARMUP=2,
@@ -250,6 +255,8 @@ def test_bad_input_is_one_line_before_work(tmp_path):
         (os.path.join(EX, "lm.sh"), dict(MODE="gpt"), "MODE=gpt"),
         (os.path.join(EX, "lm.sh"), dict(DATA_DIR=tmp_path / "none"), "prepare-nlu.sh"),
         (os.path.join(ROOT, "bench/lm_study.sh"), dict(LRDROP_WEIGHTS="0.1,0.1"), "LRDROP_WEIGHTS"),
+        (os.path.join(ROOT, "bench/lm_study.sh"), dict(DIAGNOSE="yes"), "DIAGNOSE must be 0 or 1"),
+        (os.path.join(ROOT, "bench/nlu_study.sh"), dict(DIAGNOSE="2"), "DIAGNOSE must be 0 or 1"),
     ]
     for script, env, needle in cases:
         proc = _bash(script, tmp_path, RUN_DIR=tmp_path / "runs", **env)
