@@ -90,6 +90,7 @@ def model_measures(checkpoint: str, data_bin: Optional[str], subset: str, max_to
     if heads and head not in heads:
         head = heads[0]
     pad = task.source_dictionary.pad()
+    target_pad = task.target_dictionary.pad() if not heads else pad  # a classifier's target dictionary holds labels
     sums = {name: [0.0, 0] for name in (*ATTENTION_MODULES, "output", "eos_end", "eos_inside")}
 
     def add(name, values):
@@ -106,7 +107,7 @@ def model_measures(checkpoint: str, data_bin: Optional[str], subset: str, max_to
                     net_output = model(**net_input)
             source = net_input["src_tokens"].ne(pad)  # B x S
             # a language model's decoder reads src_tokens; an encoder-decoder's, the shifted target
-            decoder_in = net_input.get("prev_output_tokens", net_input["src_tokens"]).ne(pad)  # B x T
+            decoder_in = net_input.get("prev_output_tokens", net_input["src_tokens"]).ne(target_pad)  # B x T
             queries = {"encoder_self": source, "decoder_self": decoder_in, "decoder_cross": decoder_in}
             for name, layers in states.attention.items():
                 for probs in layers.values():  # H x B x T x S
@@ -118,7 +119,7 @@ def model_measures(checkpoint: str, data_bin: Optional[str], subset: str, max_to
             probs = model.get_normalized_probs(net_output, log_probs=False)  # B x T x V
             target = sample["target"]
             eos = task.target_dictionary.eos()
-            real = target.ne(task.target_dictionary.pad())
+            real = target.ne(target_pad)
             add("output", row_entropy(probs)[real])
             eos_probs = probs[..., eos]
             add("eos_end", eos_probs[target.eq(eos)])

@@ -6,7 +6,7 @@ training time.
 
 Inputs:  --run-dir (default runs/ddtp-lm): <size>-<mode>-seed<k>/result.json (examples/ddtp/lm.sh),
          and diagnose-test.json beside it (bench/diagnose.py: self-attention and output
-         entropy, mean over seeds; "-" where a run has none)
+         entropy, mean over seeds; "-" where any seed of the row lacks one)
 Outputs: RUN_DIR/report.md (printed too), RUN_DIR/report.json
 """
 import argparse

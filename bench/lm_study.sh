@@ -6,7 +6,7 @@
 #
 # Inputs:  apt access or DDTP_INDEX_DIR (examples/ddtp/prepare-nlu.sh)
 # Outputs: $RUN_DIR/<size>-<mode>-seed<k>/result.json, diagnose-test.json (and the
-#          training logs),
+#          training logs, <run>.out, <run>.diagnose.out),
 #          $RUN_DIR/report.md + report.json (bench/lm_report.py); finished runs are skipped
 #          on a rerun.
 #

@@ -6,7 +6,7 @@ plus the valid accuracies that chose LR-Drop's weights.
 
 Inputs:  --run-dir (default runs/ddtp-nlu): <task>-<size>-<mode>...-seed<k>/result.json (and
          diagnose-test.json beside it, bench/diagnose.py's entropies: its columns then show
-         the mean over seeds, "-" where a run has none), <task>-<size>-lrdrop-choice.txt
+         the mean over seeds, "-" where any seed of the row lacks one), <task>-<size>-lrdrop-choice.txt
 Outputs: RUN_DIR/report.md (printed too), RUN_DIR/report.json, and with --plot FILE a strip
          plot of test accuracy per seed (matplotlib)
 """

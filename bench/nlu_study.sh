@@ -7,7 +7,7 @@
 #
 # Inputs:  apt access or DDTP_INDEX_DIR (examples/ddtp/prepare-nlu.sh)
 # Outputs: $RUN_DIR/<task>-<size>-<mode>[-<alpha,beta,gamma>]-seed<k>/result.json,
-#          diagnose-test.json (and the fine-tuning logs), $RUN_DIR/<task>-<size>-lrdrop-choice.txt,
+#          diagnose-test.json (and the fine-tuning logs, <run>.out, <run>.diagnose.out), $RUN_DIR/<task>-<size>-lrdrop-choice.txt,
 #          $RUN_DIR/pretrained/,
 #          $RUN_DIR/report.md + report.json (bench/nlu_report.py); finished runs are skipped
 #          on a rerun.
@@ -24,7 +24,9 @@
 #   DIAGNOSE=1                    bench/diagnose.py's test-set entropies of each run
 #                                 (<run>/diagnose-test.json; 0 skips, the report shows "-")
 #   fine-tuning knobs of examples/ddtp/finetune.sh (MAX_EPOCH=10, LR=2e-4, BATCH_SIZE=32, model)
-#   and pre-training knobs of examples/ddtp/pretrain.sh pass through
+#   and pre-training knobs of examples/ddtp/pretrain.sh pass through, except PRETRAINED: every
+#   run fine-tunes this study's own $RUN_DIR/pretrained checkpoint (for fine-tuning without
+#   pre-training, run finetune.sh with PRETRAINED=none; BENCHMARKS.md has the loop)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -245,21 +245,41 @@ def _entropy(probs):
     return -torch.special.xlogy(probs.double(), probs.double()).sum(-1)
 
 
+def _attention_request(stack, layers):
+    from fairseq_lrdrop.modules.layer_states import LayerStateRequest
+
+    return LayerStateRequest(**{f"{stack}_layers": tuple(range(layers))}, hidden_states=False,
+                             attention_modules=(f"{stack}_self",))
+
+
+def _row_entropies(states, module):
+    """(sum, count) of the entropies of every recorded attention row of one unpadded pass."""
+    rows = torch.cat([_entropy(maps).flatten() for maps in states.attention[module].values()])  # H x 1 x T x S maps
+    return rows.sum().item(), rows.numel()
+
+
 def _language_model_diagnosis_matches_unpadded_passes(checkpoint, data):
     """bench/diagnose.py on a language model, against one block at a time (no padding):
-    output entropy and EOS probabilities equal; self-attention entropy is a causal one."""
+    output entropy, EOS probabilities and self-attention entropy equal; the attention is causal."""
     from fairseq import checkpoint_utils
+
+    from fairseq_lrdrop.modules.layer_states import layer_stacks, recording_layer_states
 
     measures = bench_module("diagnose").model_measures(str(checkpoint), str(data), "valid", max_tokens=256)
     (model,), _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides={"data": str(data)})
     model.eval()
     task.load_dataset("valid")
     dataset, eos = task.dataset("valid"), task.dictionary.eos()
-    output, at_end, inside, causal_bound = [], [], [], []
+    output, at_end, inside, causal_bound, attention_rows = [], [], [], [], [0.0, 0]
+    request = _attention_request("decoder", len(model.decoder.layers))
     with torch.no_grad():
         for index in range(len(dataset)):
             item = dataset[index]
-            probs = model(item["source"][None])[0].float().softmax(-1)[0]  # T x V
+            with recording_layer_states(layer_stacks(model), request) as states:
+                probs = model(item["source"][None])[0].float().softmax(-1)[0]  # T x V
+            total, count = _row_entropies(states, "decoder_self")
+            attention_rows[0] += total
+            attention_rows[1] += count
             output += _entropy(probs).tolist()
             at_end += probs[item["target"].eq(eos), eos].tolist()
             inside += probs[item["target"].ne(eos), eos].tolist()
@@ -270,27 +290,38 @@ def _language_model_diagnosis_matches_unpadded_passes(checkpoint, data):
     assert measures["eos_prob_inside"] == pytest.approx(mean(inside), rel=1e-5)
     attention = measures["attention_entropy"]
     assert attention["encoder_self"] is None and attention["decoder_cross"] is None
-    # an untrained-ish model attends almost uniformly: without the causal mask, or with padding
-    # keys, the mean would pass the mean of log(keys a causal row sees)
+    # padded query rows or padding keys would move the batched mean away from the unpadded one
+    assert attention["decoder_self"] == pytest.approx(attention_rows[0] / attention_rows[1], rel=1e-5)
+    # an untrained-ish model attends almost uniformly: without the causal mask the mean would
+    # pass the mean of log(keys a causal row sees)
     assert 0 < attention["decoder_self"] < mean(causal_bound)
 
 
 def _classifier_diagnosis_matches_the_hub(hub, checkpoint, data):
     """bench/diagnose.py on a RoBERTa classifier: the mean entropy of the class distribution
-    equals the hub interface's, sentence by sentence; self-attention stays within each
-    sentence's real tokens; no EOS measures."""
+    equals the hub interface's, sentence by sentence, and so does the encoder's self-attention
+    entropy (each sentence unpadded); no EOS measures."""
+    from fairseq_lrdrop.modules.layer_states import layer_stacks, recording_layer_states
+
     measures = bench_module("diagnose").model_measures(str(checkpoint), str(data), "valid", max_tokens=512)
     hub.task.load_dataset("valid")
     dataset = hub.task.dataset("valid")
-    output, bound = [], []
+    output, bound, attention_rows = [], [], [0.0, 0]
+    request = _attention_request("encoder", len(layer_stacks(hub.model)["encoder"]))
     with torch.no_grad():
         for index in range(len(dataset)):
             tokens = dataset[index]["net_input.src_tokens"]
-            output.append(_entropy(hub.predict("sentence_classification_head", tokens).exp()).item())
+            with recording_layer_states(layer_stacks(hub.model), request) as states:
+                lprobs = hub.predict("sentence_classification_head", tokens)
+            output.append(_entropy(lprobs.exp()).item())
+            total, count = _row_entropies(states, "encoder_self")
+            attention_rows[0] += total
+            attention_rows[1] += count
             bound += [math.log(len(tokens))] * len(tokens)
     assert measures["output_entropy"] == pytest.approx(sum(output) / len(output), rel=1e-5)
     attention = measures["attention_entropy"]
     assert attention["decoder_self"] is None and attention["decoder_cross"] is None
+    assert attention["encoder_self"] == pytest.approx(attention_rows[0] / attention_rows[1], rel=1e-5)
     assert 0 < attention["encoder_self"] <= sum(bound) / len(bound) + 1e-9
     assert measures["eos_prob_at_end"] is None and measures["eos_prob_inside"] is None
 

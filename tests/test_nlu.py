@@ -151,10 +151,10 @@ LM_TINY = dict(LAYERS=1, EMBED_DIM=16, FFN_DIM=32, HEADS=2, TOKENS_PER_SAMPLE=16
                MAX_EPOCH=4, PATIENCE=1, THREADS=1)
 
 
-def _lm_study(work, run_dir):
+def _lm_study(work, run_dir, **extra):
     return _bash(os.path.join(ROOT, "bench/lm_study.sh"), work, DDTP_INDEX_DIR=work / "idx", DATA_DIR=work / "data",
                  VALID_SIZE=6, TEST_SIZE=6, TRAIN_SIZES="10 all", LM_TRAIN_SIZES="20", SPM_VOCAB=60, WORKERS=1,
-                 PRETRAIN_VALID_SIZE=2, RUN_DIR=run_dir, SIZES="20", SEEDS="1", **LM_TINY)
+                 PRETRAIN_VALID_SIZE=2, RUN_DIR=run_dir, SIZES="20", SEEDS="1", **LM_TINY, **extra)
 
 
 def test_lm_study_trains_every_mode_and_scores_test_perplexity_as_stock_validation(prepared):
@@ -206,9 +206,14 @@ def test_lm_study_trains_every_mode_and_scores_test_perplexity_as_stock_validati
         assert table[mode]["output_entropy"] == diagnosis["output_entropy"]
     assert "| %.3f | %.3f |" % (table["lrdrop"]["self_attention_entropy"], table["lrdrop"]["output_entropy"]) \
         in (run_dir / "report.md").read_text()
-    again = _lm_study(work, run_dir)
+    # a rerun trains nothing; with DIAGNOSE=0 it diagnoses nothing either, and the row shows "-"
+    (run_dir / "20-baseline-seed1/diagnose-test.json").unlink()
+    again = _lm_study(work, run_dir, DIAGNOSE="0")
     assert again.returncode == 0 and "NLU data cached" in again.stdout + again.stderr
     assert json.loads((run_dir / "20-lrdrop-seed1/result.json").read_text()) == results["lrdrop"]
+    assert not (run_dir / "20-baseline-seed1/diagnose-test.json").exists()
+    table = json.loads((run_dir / "report.json").read_text())["table"]["20"]
+    assert table["baseline"]["self_attention_entropy"] is None and table["lrdrop"]["self_attention_entropy"] is not None
 
 
 def test_report_statistics_match_welchs_formula(tmp_path):
