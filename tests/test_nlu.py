@@ -133,13 +133,14 @@ def test_pair_task_fine_tunes_with_lr_drop_and_scores_the_test_split(prepared, t
     log = (tmp_path / "ft/train.out").read_text()
     assert '"train_hidden_reg"' in log and '"train_attn_reg"' in log and "--restore-file" in (tmp_path / "ft/command.txt").read_text()
     assert "Loaded checkpoint" in log and "pre/checkpoint_last.pt" in log
-    # PRETRAINED=none: the same recipe from a random start
+    # PRETRAINED=none: the same recipe from a random start, in a run directory of its own
     scratch = _bash(os.path.join(EX, "finetune.sh"), work, DATA_DIR=work / "data", TASK="classification", SIZE="10",
-                    MODE="baseline", PRETRAINED="none", SAVE_DIR=tmp_path / "scratch", **TINY)
+                    MODE="baseline", PRETRAINED="none", SEED=7, **TINY)
     assert scratch.returncode == 0, scratch.stdout + scratch.stderr
-    assert json.loads((tmp_path / "scratch/result.json").read_text())["mode"] == "baseline"
-    assert "--restore-file" not in (tmp_path / "scratch/command.txt").read_text()
-    assert "No existing checkpoint found" in (tmp_path / "scratch/train.out").read_text()
+    scratch_dir = work / "runs/ddtp-nlu-scratch/classification-10-baseline-seed7"
+    assert json.loads((scratch_dir / "result.json").read_text())["mode"] == "baseline"
+    assert "--restore-file" not in (scratch_dir / "command.txt").read_text()
+    assert "No existing checkpoint found" in (scratch_dir / "train.out").read_text()
     missing = _bash(os.path.join(EX, "finetune.sh"), work, DATA_DIR=work / "data", TASK="pairs", SIZE="all",
                     PRETRAINED=tmp_path / "absent.pt", SAVE_DIR=tmp_path / "absent", **TINY)
     errors = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
