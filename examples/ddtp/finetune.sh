@@ -3,7 +3,7 @@
 # with R-Drop or with LR-Drop, then score its best-valid checkpoint on the test split with
 # examples/glue/evaluate.py (stock fairseq-validate cannot run sentence_prediction).
 #
-# Inputs:  $DATA_DIR/bin/$TASK-$SIZE (examples/ddtp/prepare-nlu.sh); $PRETRAINED
+# Inputs:  $DATA_DIR/bin/$TASK-$SIZE (examples/ddtp/prepare-nlu.sh); $PRETRAINED (unless none)
 # Outputs: $SAVE_DIR/checkpoint_best.pt (best valid accuracy), train.log (JSON lines),
 #          command.txt, result.json ({task, size, mode, seed, weights, valid_accuracy,
 #          test_accuracy, train_seconds, epochs}); a rerun with result.json present does nothing
@@ -18,7 +18,8 @@
 #                             (rdrop: alpha = beta = 0; baseline: stock sentence_prediction)
 #   DATA_DIR=data/ddtp-nlu    PRETRAINED=runs/ddtp-nlu/pretrained/checkpoint_last.pt
 #                             (none: no pre-training, the same recipe from a random start)
-#   SAVE_DIR=runs/ddtp-nlu/$TASK-$SIZE-$MODE-seed$SEED
+#   SAVE_DIR=runs/ddtp-nlu/$TASK-$SIZE-$MODE-seed$SEED (runs/ddtp-nlu-scratch/... with
+#                             PRETRAINED=none, so that a pre-trained run's result is not reused)
 #   model: LAYERS=2 EMBED_DIM=128 FFN_DIM=512 HEADS=4 MAX_POSITIONS=128 (as pre-trained)
 #   MAX_EPOCH=10 BATCH_SIZE=32 LR=2e-4 WARMUP_RATIO=0.06 DROPOUT=0.1 SEED=1
 #   THREADS=                  torch threads (empty: torch's default)
@@ -34,7 +35,9 @@ HIDDEN_REG_WEIGHT="${HIDDEN_REG_WEIGHT:-0.01}" ATTN_REG_WEIGHT="${ATTN_REG_WEIGH
 DATA_DIR="${DATA_DIR:-data/ddtp-nlu}"
 PRETRAINED="${PRETRAINED:-runs/ddtp-nlu/pretrained/checkpoint_last.pt}"
 SEED="${SEED:-1}"
-SAVE_DIR="${SAVE_DIR:-runs/ddtp-nlu/$TASK-$SIZE-$MODE-seed$SEED}"
+RUNS=runs/ddtp-nlu
+[[ "$PRETRAINED" == none ]] && RUNS=runs/ddtp-nlu-scratch
+SAVE_DIR="${SAVE_DIR:-$RUNS/$TASK-$SIZE-$MODE-seed$SEED}"
 MAX_EPOCH="${MAX_EPOCH:-10}" BATCH_SIZE="${BATCH_SIZE:-32}" LR="${LR:-2e-4}" WARMUP_RATIO="${WARMUP_RATIO:-0.06}"
 DROPOUT="${DROPOUT:-0.1}" THREADS="${THREADS:-}" PYTHON="${PYTHON:-python}"
 
