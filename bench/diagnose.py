@@ -90,7 +90,8 @@ def model_measures(checkpoint: str, data_bin: Optional[str], subset: str, max_to
     if heads and head not in heads:
         head = heads[0]
     pad = task.source_dictionary.pad()
-    target_pad = task.target_dictionary.pad() if not heads else pad  # a classifier's target dictionary holds labels
+    # a classifier's target dictionary holds labels (None for regression); it has no decoder
+    target_pad, eos = (pad, None) if heads else (task.target_dictionary.pad(), task.target_dictionary.eos())
     sums = {name: [0.0, 0] for name in (*ATTENTION_MODULES, "output", "eos_end", "eos_inside")}
 
     def add(name, values):
@@ -118,7 +119,6 @@ def model_measures(checkpoint: str, data_bin: Optional[str], subset: str, max_to
                 continue
             probs = model.get_normalized_probs(net_output, log_probs=False)  # B x T x V
             target = sample["target"]
-            eos = task.target_dictionary.eos()
             real = target.ne(target_pad)
             add("output", row_entropy(probs)[real])
             eos_probs = probs[..., eos]
