@@ -17,6 +17,9 @@ BIN = Path(sys.executable).parent
 # One intra-op thread per process: the suite runs on 2 shared cores, where 2 threads make these
 # tiny models ~4x slower, and subprocess ranks would oversubscribe the cores.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# Subprocess time limits are hang guards only, far above any run on a loaded machine (the
+# slowest test takes minutes): speed is measured in bench/, never asserted here.
+HANG_GUARD_S = 3600
 torch.set_num_threads(1)
 
 # A toy language pair: word-by-word translation, so a few updates already learn something.
@@ -55,7 +58,7 @@ def run_cli(tool, *args, check=True, env=None, cwd=None):
     """Run a fairseq console script from this venv; returns the CompletedProcess."""
     proc = subprocess.run(
         [str(BIN / tool), *map(str, args)], capture_output=True, text=True,
-        env={**os.environ, **ONE_THREAD, **(env or {})}, cwd=cwd,
+        env={**os.environ, **ONE_THREAD, **(env or {})}, cwd=cwd, timeout=HANG_GUARD_S,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BIN, ONE_THREAD, TINY_MODEL, USER_DIR, run_cli, train_inner
+from conftest import BIN, HANG_GUARD_S, ONE_THREAD, REPO, TINY_MODEL, USER_DIR, run_cli, train_inner
 from test_distributed import _free_port
 
 import fairseq_lrdrop  # noqa: F401  (installs the checked loading, as --user-dir does)
@@ -40,7 +40,7 @@ def pretrained(data_bin, tmp_path_factory):
 
 # ---- 1. several ranks ---------------------------------------------------------------------
 
-def _two_ranks(args, log_dir, kill_after=None, timeout=180):
+def _two_ranks(args, log_dir, kill_after=None, timeout=HANG_GUARD_S):
     """fairseq-train with 2 gloo ranks (one process each). With kill_after, SIGKILL both once
     rank 0 logs that many updates. Returns (exit codes, rank 0 log, rank 1 log)."""
     port = _free_port()
@@ -121,7 +121,7 @@ def test_eval_bleu_run_with_best_checkpoints_and_ema_generates_and_resumes(data_
     assert any(p.name.startswith("checkpoint.best_bleu_") for p in written)
     found = set().union(*map(_unsafe_globals, written))
     assert "numpy._core.multiarray._reconstruct" in found  # the --eval-bleu arrays are really there
-    assert found <= set(checkpoint_loading.CHECKPOINT_GLOBALS), found
+    assert found <= {checkpoint_loading.global_name(g) for g in checkpoint_loading.CHECKPOINT_GLOBALS}, found
 
     proc = run_cli("fairseq-generate", data_bin, "--user-dir", USER_DIR, "--path", save_dir / "checkpoint_best.pt",
                    "--beam", "2", "--batch-size", "16", "--max-len-b", "8", "--cpu")
@@ -174,27 +174,37 @@ def test_numpy1_names_legacy_format_load_and_object_arrays_are_refused(pretraine
     restored = checkpoint_utils.load_checkpoint_to_cpu(str(legacy))
     assert all(torch.equal(restored["model"][k], state["model"][k]) for k in state["model"])
 
-    # an object array unpickles arbitrary objects: refused, like any other global
+    # an object array as numpy pickles it: torch refuses to set the object dtype's state
     state["extra_state"]["objects"] = numpy.array([{"a": 1}], dtype=object)
     objects = tmp_path / "objects.pt"
     torch.save(state, objects)
-    with pytest.raises(SystemExit, match=rf"refused to load checkpoint {objects}: it needs a numpy array or "
-                                         rf"scalar of dtype object, which fairseq checkpoints never contain"):
+    with pytest.raises(SystemExit, match=rf"refused to load checkpoint {objects}: it needs what torch's weights-only "
+                                         rf"loader refuses \(Can only build .*ObjectDType"):
         checkpoint_utils.load_checkpoint_to_cpu(str(objects))
 
 
-def test_loading_changes_nothing_process_wide(pretrained):
-    """The allow-list travels with the one load: torch.load is never replaced and torch's global
-    safe-globals list stays as torch set it, so a plain torch.load that runs while a fairseq load is in
-    progress (another thread, or nested) keeps torch's defaults."""
+def test_allow_list_grows_by_the_data_types_only_during_a_fairseq_load(pretrained):
+    """torch's allow-list is process-wide. The plugin adds fairseq's data types for the one
+    load (and takes them away after), never replaces torch.load, keeps entries a user added,
+    and a plain torch.load that runs meanwhile (here: nested, at the file's first read) sees
+    torch's list plus exactly those data types: code-running globals stay refused."""
+    import numpy
+
     from fairseq import checkpoint_utils
 
     original_load = torch.load
-    torch_own = set(torch.serialization.get_safe_globals())  # torch registers a few itself
+    torch_own = torch.serialization.get_safe_globals()  # torch registers a few itself
+    user_entry = numpy.random.RandomState  # something a user registered for their own files
+    torch.serialization.add_safe_globals([user_entry])
+    before = set(map(checkpoint_loading.global_name, torch.serialization.get_safe_globals()))
+    added = set(map(checkpoint_loading.global_name, checkpoint_loading.CHECKPOINT_GLOBALS))
+    evil = io.BytesIO()
+    torch.save({"x": _RunsCode("/nonexistent")}, evil)
     seen = []
 
     class SpyFile:
-        """A checkpoint file that, at its first read, does a plain weights_only torch.load."""
+        """A checkpoint file that, at its first read, records the allow-list and does a plain
+        weights_only torch.load of a code-running pickle."""
 
         def __init__(self, path):
             self._file = open(path, "rb")
@@ -205,16 +215,32 @@ def test_loading_changes_nothing_process_wide(pretrained):
 
         def read(self, *args):
             if not seen:
-                seen.append((torch.load is original_load, set(torch.serialization.get_safe_globals())))
-                with pytest.raises(pickle.UnpicklingError, match="argparse.Namespace"):
-                    torch.load(str(pretrained), weights_only=True)  # a Namespace inside: torch refuses
+                seen.append(set(map(checkpoint_loading.global_name, torch.serialization.get_safe_globals())))
+                evil.seek(0)
+                with pytest.raises(pickle.UnpicklingError, match="posix.system"):
+                    torch.load(evil, weights_only=True)
             return self._file.read(*args)
 
-    spy = SpyFile(pretrained)
-    state = checkpoint_utils.torch.load(spy, map_location="cpu")
-    spy.close()
-    assert seen == [(True, torch_own)]
-    assert "model" in state and torch.load is original_load
+    try:
+        spy = SpyFile(pretrained)
+        state = checkpoint_utils.torch.load(spy, map_location="cpu")
+        spy.close()
+        assert seen == [before | added]
+        assert set(map(checkpoint_loading.global_name, torch.serialization.get_safe_globals())) == before
+        assert user_entry in torch.serialization.get_safe_globals()
+        assert "model" in state and torch.load is original_load
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(torch_own)
+
+
+class _RunsCode:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+        return (os.system, (self.command,))
 
 
 # ---- 3. no code through configuration strings ---------------------------------------------
@@ -293,7 +319,8 @@ def test_literal_value_matches_eval_on_literals_and_refuses_the_rest():
     assert options.eval_bool("False") is False and options.eval_bool(None) is False
     assert utils.eval_bool(True) is False  # as with the builtin: a non-string is fairseq's default
     for text in ["__import__('os').getcwd()", "open('/etc/passwd').read()", "[x for x in range(3)]",
-                 "().__class__.__bases__", "[0] * 10 ** 12", "[0] * 10000000", "lambda: 0"]:
+                 "().__class__.__bases__", "[0] * 10 ** 12", "[0] * 10000000", "lambda: 0",
+                 "b'x' * (10000 * 10000)", "'x' * 1000 * 1000 * 1000", "(0,) * 900000 + (0,) * 900000"]:
         with pytest.raises(SystemExit, match="refused to evaluate the configuration value"):
             checkpoint_loading.literal_value(text)
 
@@ -301,11 +328,14 @@ def test_literal_value_matches_eval_on_literals_and_refuses_the_rest():
 def _eval_calls(path: Path):
     tree = ast.parse(path.read_text(encoding="utf-8"))
     return [node for node in ast.walk(tree)
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "eval"]
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("eval", "exec")]
 
 
-def test_every_eval_in_fairseq_is_guarded_or_not_reachable_from_a_checkpoint():
-    """Scan the installed fairseq (without its examples/) for calls of the builtin eval()."""
+def test_every_eval_in_fairseq_is_guarded():
+    """Scan the installed fairseq (without its examples/) for calls of the builtin eval() or
+    exec(): every module that makes one is in EVAL_MODULES and has the builtin shadowed."""
+    import importlib
+
     import fairseq
     import fairseq_cli
 
@@ -317,15 +347,31 @@ def test_every_eval_in_fairseq_is_guarded_or_not_reachable_from_a_checkpoint():
             if relative.parts[1] == "examples" or not _eval_calls(path):
                 continue
             found.add(".".join(relative.with_suffix("").parts))
-    covered = set(checkpoint_loading.CONFIG_EVAL_MODULES) | set(checkpoint_loading.CONFIG_EVAL_NOT_FROM_CHECKPOINTS)
-    assert found == covered, (found - covered, covered - found)
-    import importlib
-
-    for name in checkpoint_loading.CONFIG_EVAL_MODULES:
+    assert "fairseq.criterions.ctc" in found and len(found) >= 20  # the scan sees them
+    assert found == set(checkpoint_loading.EVAL_MODULES), (found ^ set(checkpoint_loading.EVAL_MODULES))
+    for name in found:
         assert importlib.import_module(name).eval is checkpoint_loading.literal_value, name
 
 
-# ---- the restricted unpickler itself, on hand-written pickles ---------------------------
+def test_fairseq_validate_refuses_code_in_a_checkpoints_criterion_config(data_bin, pretrained, tmp_path):
+    """fairseq-validate builds the criterion from the checkpoint's saved config; ctc evaluates
+    its wer_args with eval()."""
+    marker = tmp_path / "code-ran"
+    state = _checkpoint_state(pretrained)
+    state["cfg"]["criterion"] = {"_name": "ctc", "zero_infinity": False, "sentence_avg": True,
+                                 "post_process": "letter", "wer_kenlm_model": None, "wer_lexicon": None,
+                                 "wer_lm_weight": 2.0, "wer_word_score": -1.0,
+                                 "wer_args": MARKER_CODE.format(marker=str(marker))}
+    path = tmp_path / "ctc.pt"
+    torch.save(state, path)
+    proc = run_cli("fairseq-validate", data_bin, "--user-dir", USER_DIR, "--task", "translation", "--path", path, "--cpu",
+                   "--valid-subset", "valid", "--max-tokens", "600", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "fairseq_lrdrop: error: refused to evaluate the configuration value \"__import__('pathlib')" in proc.stderr
+    assert not marker.exists()
+
+
+# ---- 4. torch's weights-only loader on crafted files --------------------------------------
 
 def _text(value: str) -> bytes:
     """A BINUNICODE pickle opcode."""
@@ -335,61 +381,173 @@ def _text(value: str) -> bytes:
     return b"X" + struct.pack("<I", len(data)) + data
 
 
-def _refused(payload: bytes, kind="file", persistent_load=None):
-    unpickler = checkpoint_loading._restricted_pickle(kind).Unpickler(io.BytesIO(payload))
-    if persistent_load is not None:
-        unpickler.persistent_load = persistent_load
-    with pytest.raises(checkpoint_loading._Refused) as error:
-        unpickler.load()
-    return error.value.what
+def _file_with_pickle(path: Path, payload: bytes) -> Path:
+    """A checkpoint in torch's zip format whose pickle is `payload`."""
+    import zipfile
+
+    torch.save({}, path)
+    with zipfile.ZipFile(path) as archive:
+        records = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in records:
+            archive.writestr(info, payload if info.filename.endswith("/data.pkl") else data)
+    return path
 
 
-def test_state_cannot_be_set_on_classes_functions_or_unexpected_objects():
-    """BUILD applies a pickled state to the object under it. On an allowed function or class
-    that would change it for the whole process (e.g. the defaults of torch's tensor rebuild
-    function, so that every later torch.load fails); it is refused, as are dunder attributes
-    and a legacy 'module' record (which makes torch compare, even write, source files)."""
-    import torch._utils
+def _load_refused(path: Path) -> str:
+    """The one-line message of loading `path` as fairseq loads checkpoints."""
+    from fairseq import checkpoint_utils
 
-    defaults = torch._utils._rebuild_tensor_v2.__defaults__
-    # GLOBAL torch._utils._rebuild_tensor_v2; state (None, {'__defaults__': ()}); BUILD
-    payload = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}" + _text("__defaults__") + b")s\x86b."
-    assert "to change <function _rebuild_tensor_v2" in _refused(payload)
-    assert torch._utils._rebuild_tensor_v2.__defaults__ == defaults
-    class_payload = b"\x80\x02cargparse\nNamespace\n}" + _text("dump_patches") + b"\x88sb."
-    assert "to change <class 'argparse.Namespace'>" in _refused(class_payload)
-    assert not hasattr(argparse.Namespace, "dump_patches")
-    # an instance of an allowed class: plain attributes yes, dunder ones no
-    ok = b"\x80\x02cargparse\nNamespace\n)\x81}" + _text("lr") + b"G?\xb9\x99\x99\x99\x99\x99\x9asb."
-    assert checkpoint_loading._restricted_pickle("file").load(io.BytesIO(ok)) == argparse.Namespace(lr=0.1)
-    dunder = b"\x80\x02cargparse\nNamespace\n)\x81}" + _text("__class__") + b"cargparse\nNamespace\nsb."
-    assert "attributes ['__class__']" in _refused(dunder)
-    # BINPERSID ('module', Namespace, 'src', 'text'): refused before torch's handler runs
-    calls = []
-    module_record = b"\x80\x02(" + _text("module") + b"cargparse\nNamespace\n" + _text("a") + _text("b") + b"tQ."
-    assert "legacy 'module' record" in _refused(module_record, persistent_load=calls.append)
-    assert calls == []
+    with pytest.raises(SystemExit) as error:
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"fairseq_lrdrop: error: refused to load checkpoint {path}: ")
+    assert checkpoint_loading.TRUSTED_CHECKPOINTS_ENV in message
+    return message
 
 
-def test_numpy_reconstructors_make_plain_arrays_and_scalars_only():
-    """numpy.ndarray is named in pickles only as the reconstructor's first argument: called
-    directly it would make an object array. A dtype's state must be its canonical one (other
-    flags make numpy misread the data), and a scalar comes from raw bytes only."""
+def test_object_arrays_are_refused_however_they_are_built(tmp_path):
+    """numpy's reconstructor with the object dtype left without its state (no BUILD), and
+    ndarray called directly: torch's loader makes both; the plugin refuses the result."""
     import numpy
 
-    loads = lambda payload: checkpoint_loading._restricted_pickle("file").load(io.BytesIO(payload))  # noqa: E731
-    good = pickle.dumps({"a": numpy.array([1.5, 2.5]), "s": numpy.float64(3.0)}, protocol=2)
-    loaded = loads(good)
-    assert loaded["a"].tolist() == [1.5, 2.5] and loaded["s"] == 3.0
-    # REDUCE numpy.ndarray((3,), 'O')
-    direct = b"\x80\x02cnumpy\nndarray\nK\x03\x85" + _text("O") + b"\x86R."
-    with pytest.raises(TypeError):  # the stand-in class takes no arguments: no array is made
-        loads(direct)
-    canonical = b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t"
-    assert good.count(canonical) == 1  # one float64 dtype, memoized for the scalar
-    flagged = good.replace(canonical, canonical[:-3] + b"K\x04t", 1)
-    assert "numpy dtype flags" in _refused(flagged)
-    # scalar(dtype float64, <an ndarray>) instead of raw bytes
-    array_scalar = (b"\x80\x02cnumpy._core.multiarray\nscalar\ncnumpy\ndtype\n" + _text("f8") + b"\x89\x88\x87R"
-                    + b"cnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R\x86R.")
-    assert "numpy scalar made from ndarray" in _refused(array_scalar)
+    pickled = pickle.dumps({"a": numpy.array([1, 2], dtype=object)}, protocol=2)
+    dtype_state = pickled[pickled.index(b"O8"):]
+    dtype_state = dtype_state[dtype_state.index(b"(K\x03"):dtype_state.index(b"b") + 1]
+    no_build = _file_with_pickle(tmp_path / "no-build.pt", pickled.replace(dtype_state, b"", 1))
+    assert torch.load(no_build, weights_only=False)["a"].dtype == object  # the file is well formed
+    assert "it needs a numpy array of Python objects" in _load_refused(no_build)
+
+    direct = b"\x80\x02}" + _text("a") + b"cnumpy\nndarray\nK\x03\x85" + _text("O") + b"\x86Rs."
+    assert "it needs a numpy array of Python objects" in _load_refused(_file_with_pickle(tmp_path / "d.pt", direct))
+
+
+def test_setitem_on_a_non_dict_and_text_persistent_ids_are_refused_in_one_line(tmp_path):
+    bytearray_setitem = b"\x80\x02c__builtin__\nbytearray\nK\x03\x85RK\x00KAs."
+    message = _load_refused(_file_with_pickle(tmp_path / "setitem.pt", bytearray_setitem))
+    assert "Can only SETITEM for dict" in message
+    message = _load_refused(_file_with_pickle(tmp_path / "persid.pt", b"\x80\x02P0\n."))
+    assert "Unsupported operand 80" in message  # PERSID ('P'), the text persistent id
+
+
+def test_tensor_state_loads_as_torchs_own_weights_only_loader_gives_it(tmp_path):
+    """torch's _rebuild_from_type_v2 restores a tensor's Python attributes (setting
+    __class__): the plugin loads such a tensor exactly as torch.load(weights_only=True)."""
+    tensor = torch.arange(3.0)
+    tensor.note = 7
+    path = tmp_path / "attr.pt"
+    torch.save({"model": {"w": tensor, "p": torch.nn.Parameter(torch.ones(2), requires_grad=False)}}, path)
+    ours = checkpoint_loading.load_checkpoint_file(path)["model"]
+    torchs = torch.load(path, weights_only=True)["model"]
+    assert ours["w"].note == torchs["w"].note == 7 and torch.equal(ours["w"], torchs["w"])
+    assert type(ours["p"]) is type(torchs["p"]) is torch.nn.Parameter and not ours["p"].requires_grad
+
+
+def _legacy_tar_checkpoint(path: Path) -> Path:
+    """torch's legacy tar format, whose 'storages' member is a FIFO (unpacking it would block)."""
+    import tarfile
+
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+        for name in ("sys_info", "pickle", "tensors"):
+            data = pickle.dumps({}, protocol=2)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        fifo = tarfile.TarInfo("storages")
+        fifo.type = tarfile.FIFOTYPE
+        archive.addfile(fifo)
+    return path
+
+
+def test_torchs_legacy_tar_format_is_refused_before_any_member_is_read(tmp_path):
+    path = _legacy_tar_checkpoint(tmp_path / "tar.pt")
+    code = (f"import fairseq_lrdrop; from fairseq import checkpoint_utils; "
+            f"checkpoint_utils.load_checkpoint_to_cpu({str(path)!r})")
+    # a hang guard only: the refusal comes before the FIFO is opened
+    proc = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, timeout=HANG_GUARD_S,
+                          env={**os.environ, **ONE_THREAD})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"refused to load checkpoint {path}: it needs torch's legacy tar format" in proc.stderr
+
+
+def test_sparse_tensor_with_an_index_outside_its_shape_is_refused(tmp_path):
+    """Loaded, it would let examples/average_checkpoints.py write outside the tensor."""
+    bad = torch.sparse_coo_tensor(torch.tensor([[10 ** 6]]), torch.tensor([1.0]), (4,), check_invariants=False)
+    path = tmp_path / "sparse.pt"
+    torch.save({"model": {"w": bad}}, path)
+    message = _load_refused(path)
+    assert "it needs a sparse tensor whose indices lie outside its shape" in message and "1000000" in message
+    proc = subprocess.run([str(BIN / "python"), str(REPO / "examples" / "average_checkpoints.py"), "--inputs", str(path),
+                           str(path), "--output", str(tmp_path / "avg.pt")], capture_output=True, text=True,
+                          timeout=HANG_GUARD_S, env={**os.environ, **ONE_THREAD})
+    assert proc.returncode == 1 and "refused to load checkpoint" in proc.stderr, (proc.returncode, proc.stderr[-2000:])
+    assert not (tmp_path / "avg.pt").exists()
+    good = torch.sparse_coo_tensor(torch.tensor([[1, 3]]), torch.tensor([1.0, 2.0]), (4,))
+    torch.save({"model": {"w": good}}, path)
+    assert torch.equal(checkpoint_loading.load_checkpoint_file(path)["model"]["w"].to_dense(), good.to_dense())
+
+
+def test_trust_variable_takes_relative_paths(tmp_path, monkeypatch):
+    evil = tmp_path / "evil.pt"
+    marker = tmp_path / "code-ran"
+    torch.save({"x": _RunsCode(f"touch {marker}")}, evil)
+    monkeypatch.chdir(tmp_path)
+    message = _load_refused(evil)
+    assert "it needs the global posix.system" in message and not marker.exists()
+    monkeypatch.setenv(checkpoint_loading.TRUSTED_CHECKPOINTS_ENV, "./evil.pt")
+    checkpoint_loading.load_checkpoint_file("evil.pt")  # the user trusts it: full unpickling
+    assert marker.exists()
+
+
+# ---- 5. model archives ----------------------------------------------------------------------
+
+def _archive(path: Path, *members) -> Path:
+    """A .tar.gz with `members`: (name, kind, target) with kind file / symlink / fifo."""
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as archive:
+        for name, kind, target in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                data = target.encode()
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+                continue
+            info.type = {"symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE}[kind]
+            info.linkname = target or ""
+            archive.addfile(info)
+    return path
+
+
+@pytest.mark.parametrize("member,reason", [
+    (("model/../../escaped.py", "file", "print('planted')"), "outside the destination"),
+    (("/tmp/absolute-escape.py", "file", "x"), "absolute path"),
+    (("model/sacremoses.py", "symlink", "../../sacremoses.py"), "is a link"),
+    (("model/inside-link", "symlink", "model.pt"), "is a link"),
+    (("model/hard", "hardlink", "model/model.pt"), "is a link"),
+    (("model/pipe", "fifo", None), "special file"),
+])
+def test_model_archive_with_an_unsafe_member_is_refused_before_anything_is_written(tmp_path, member, reason):
+    from fairseq import file_utils
+
+    from fairseq_lrdrop.models import LRDropTransformerModel
+
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    archive = _archive(work / "model.tar.gz", ("model/model.pt", "file", "weights"), member)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit, match=rf"fairseq_lrdrop: error: refused to extract the model archive .*model.tar.gz: .*{reason}"):
+        file_utils.load_archive_file(str(archive))
+    with pytest.raises(SystemExit, match="refused to extract the model archive"):
+        LRDropTransformerModel.from_pretrained(str(archive))
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert not Path("/tmp/absolute-escape.py").exists()
+
+
+def test_plain_model_archive_extracts_as_before(tmp_path):
+    from fairseq import file_utils
+
+    archive = _archive(tmp_path / "model.tar.gz", ("model/model.pt", "file", "weights"), ("model/dict.txt", "file", "a 1\n"))
+    folder = Path(file_utils.load_archive_file(str(archive)))
+    assert sorted(p.name for p in folder.iterdir()) == ["dict.txt", "model.pt"]
+    assert (folder / "model.pt").read_text() == "weights"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import HANG_GUARD_S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EX = os.path.join(ROOT, "examples", "ddtp")
@@ -29,7 +30,7 @@ def _env(**extra):
     return env
 
 
-def _run(script, cwd, timeout=300, **extra):
+def _run(script, cwd, timeout=HANG_GUARD_S, **extra):
     return subprocess.run(["bash", os.path.join(EX, script)], cwd=str(cwd), env=_env(**extra),
                           capture_output=True, text=True, timeout=timeout)
 
@@ -173,34 +174,34 @@ def _one_line_error(proc, *needles):
 
 def test_train_missing_data_dir(tmp_path):
     proc = _run("train.sh", tmp_path, MODE="baseline", DATA_DIR=tmp_path / "nodata",
-                MAX_UPDATE=1, timeout=60)
+                MAX_UPDATE=1, timeout=HANG_GUARD_S)
     _one_line_error(proc, str(tmp_path / "nodata" / "bin" / "translation-en-de"), "prepare.sh")
 
 
 def test_train_data_dir_without_expected_files(tmp_path):
     (tmp_path / "d" / "bin" / "translation-en-de").mkdir(parents=True)
     proc = _run("train.sh", tmp_path, MODE="baseline", DATA_DIR=tmp_path / "d",
-                MAX_UPDATE=1, timeout=60)
+                MAX_UPDATE=1, timeout=HANG_GUARD_S)
     _one_line_error(proc, "dict.en.txt", "prepare.sh")
 
 
 def test_train_unknown_mode_and_task(tmp_path):
-    _one_line_error(_run("train.sh", tmp_path, MODE="bogus", timeout=60), "MODE", "bogus")
-    _one_line_error(_run("train.sh", tmp_path, TASK="bogus", timeout=60), "TASK", "bogus")
+    _one_line_error(_run("train.sh", tmp_path, MODE="bogus", timeout=HANG_GUARD_S), "MODE", "bogus")
+    _one_line_error(_run("train.sh", tmp_path, TASK="bogus", timeout=HANG_GUARD_S), "TASK", "bogus")
 
 
 def test_evaluate_missing_checkpoint(tmp_path):
-    proc = _run("evaluate.sh", tmp_path, SAVE_DIR=tmp_path / "run", timeout=60)
+    proc = _run("evaluate.sh", tmp_path, SAVE_DIR=tmp_path / "run", timeout=HANG_GUARD_S)
     _one_line_error(proc, str(tmp_path / "run" / "checkpoint_best.pt"), "train.sh")
 
 
 def test_prepare_missing_index_dir(tmp_path):
     proc = _run("prepare.sh", tmp_path, DDTP_INDEX_DIR=tmp_path / "none",
-                DATA_DIR=tmp_path / "d", timeout=60)
+                DATA_DIR=tmp_path / "d", timeout=HANG_GUARD_S)
     _one_line_error(proc, "DDTP_INDEX_DIR", str(tmp_path / "none"))
     (tmp_path / "emptyidx").mkdir()
     proc = _run("prepare.sh", tmp_path, DDTP_INDEX_DIR=tmp_path / "emptyidx",
-                DATA_DIR=tmp_path / "d", timeout=60)
+                DATA_DIR=tmp_path / "d", timeout=HANG_GUARD_S)
     _one_line_error(proc, "Translation-en")
     assert not (tmp_path / "d").exists()     # nothing written before the inputs check
 
@@ -212,7 +213,7 @@ def test_quality_study_script_runs_sweep_and_table(prepared, tmp_path):
     run_dir = tmp_path / "quality"
     proc = subprocess.run(
         ["bash", os.path.join(ROOT, "bench", "quality.sh")], cwd=str(work), capture_output=True, text=True,
-        timeout=600, env=_env(TASK="translation", SEEDS="1", SWEEP="1,1,1 0.5,0,1", RUN_DIR=run_dir,
+        timeout=HANG_GUARD_S, env=_env(TASK="translation", SEEDS="1", SWEEP="1,1,1 0.5,0,1", RUN_DIR=run_dir,
                               DDTP_INDEX_DIR=work / "idx", DATA_DIR=work / "data", VALID_SIZE=8, TEST_SIZE=8,
                               SPM_VOCAB=80, SUM_SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, DIAGNOSE=0, **TINY))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -231,7 +232,7 @@ def test_quality_study_with_fixed_weights_records_how_runs_stopped(prepared, tmp
     run_dir = tmp_path / "quality"
     proc = subprocess.run(
         ["bash", os.path.join(ROOT, "bench", "quality.sh")], cwd=str(work), capture_output=True, text=True,
-        timeout=600, env=_env(TASK="translation", SEEDS="1", MODES="rdrop", WEIGHTS="1,1,2",
+        timeout=HANG_GUARD_S, env=_env(TASK="translation", SEEDS="1", MODES="rdrop", WEIGHTS="1,1,2",
                               RDROP_IMPL="plugin", RUN_DIR=run_dir, DDTP_INDEX_DIR=work / "idx",
                               DATA_DIR=work / "data", VALID_SIZE=8, TEST_SIZE=8, SPM_VOCAB=80,
                               SUM_SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=2, **{**TINY, "MAX_UPDATE": 0}))
@@ -261,7 +262,7 @@ def test_cpu_quality_wrapper_runs_a_task_and_prints_its_table(prepared):
     work, _ = prepared
     proc = subprocess.run(
         ["bash", os.path.join(ROOT, "bench", "quality-cpu.sh")], cwd=str(work), capture_output=True, text=True,
-        timeout=600, env=_env(TASKS="translation", MODES="baseline", DDTP_INDEX_DIR=work / "idx",
+        timeout=HANG_GUARD_S, env=_env(TASKS="translation", MODES="baseline", DDTP_INDEX_DIR=work / "idx",
                               VALID_SIZE=8, TEST_SIZE=8, SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, DIAGNOSE=0, **TINY))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "== translation" in proc.stdout and "| baseline | - |" in proc.stdout
@@ -278,7 +279,7 @@ def test_converged_translation_study_script_runs_every_mode_seed_and_the_valid_c
     work, _ = prepared
     proc = subprocess.run(
         ["bash", os.path.join(ROOT, "bench", "quality-converged-cpu.sh")], cwd=str(work),
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=HANG_GUARD_S,
         env=_env(SWEEP="1,1,2 0.5,0.5,2", DDTP_INDEX_DIR=work / "idx", VALID_SIZE=8, TEST_SIZE=8,
                  SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, DIAGNOSE=0, **TINY))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -306,7 +307,7 @@ def test_converged_summarization_study_with_one_triple_trains_both_seeds_in_the_
     work, _ = prepared
     proc = subprocess.run(
         ["bash", os.path.join(ROOT, "bench", "quality-converged-cpu.sh")], cwd=str(work),
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=HANG_GUARD_S,
         env=_env(TASK="summarization", SWEEP="0.5,0.5,2", DDTP_INDEX_DIR=work / "idx", VALID_SIZE=8,
                  TEST_SIZE=8, SUM_SPM_VOCAB=80, WORKERS=1, BEAM=2, MAX_EPOCH=1, DIAGNOSE=0, **TINY))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -337,7 +338,7 @@ def test_ablation_trains_each_variant_for_the_budget_and_reports_every_stopping_
                DDTP_INDEX_DIR=work / "idx", VALID_SIZE=8, TEST_SIZE=8, SPM_VOCAB=80, WORKERS=1, BEAM=2,
                **{**TINY, "MAX_UPDATE": 0})
     proc = subprocess.run(["bash", os.path.join(ROOT, "bench", "ablation.sh")], cwd=str(work), env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name, flags in (("baseline", "--criterion label_smoothed_cross_entropy "),
                         ("attention_mse", "--hidden-reg-weight 0.5 --attn-reg-weight 1 --output-reg-weight 2 ")):
@@ -348,14 +349,14 @@ def test_ablation_trains_each_variant_for_the_budget_and_reports_every_stopping_
     assert "--attn-distance mse" in (run_dir / "attention_mse-seed1" / "command.txt").read_text()
     # a rerun trains nothing again
     again = subprocess.run(["bash", os.path.join(ROOT, "bench", "ablation.sh")], cwd=str(work), env=env,
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert again.returncode == 0 and again.stdout.count(": trained") == 2, again.stdout
 
     data_bin = str(work / "data/ddtp-quality-4k/bin/translation-en-de")
     report = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ablation_report.py"), "--run-dir", str(run_dir),
                              "--data-bin", data_bin, "--patience", "1", "--valid", "--epochs", "1", "2",
                              "--select-on-valid-score"],
-                            cwd=str(work), env=env, capture_output=True, text=True, timeout=600)
+                            cwd=str(work), env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     result = json.loads((run_dir / "report.json").read_text())
     curves = {}

@@ -24,7 +24,7 @@ import socket
 import subprocess
 
 import torch
-from conftest import BIN, ONE_THREAD, TINY_MODEL, USER_DIR, batch, build, max_state_diff, run_cli, train_inner
+from conftest import BIN, HANG_GUARD_S, ONE_THREAD, TINY_MODEL, USER_DIR, batch, build, max_state_diff, run_cli, train_inner
 
 WEIGHTS = ["--hidden-reg-weight", "1", "--attn-reg-weight", "1", "--output-reg-weight", "2"]
 KEYS = ("loss", "nll_loss", "hidden_reg", "attn_reg", "output_reg", "gnorm")
@@ -50,7 +50,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def train_two_workers(args, log_dir, timeout=300):
+def train_two_workers(args, log_dir, timeout=HANG_GUARD_S):
     """fairseq-train with 2 ranks on localhost (one process per rank, gloo, legacy_ddp);
     returns rank 0's log (only the master logs train_inner)."""
     port = _free_port()

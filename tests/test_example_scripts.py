@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import HANG_GUARD_S
 
 REPO = Path(__file__).resolve().parents[1]
 WMT = REPO / "examples" / "wmt14"
@@ -44,7 +45,7 @@ def pipeline_env():
     return env, dict(mode="lrdrop", wmt_arch="base", bart_arch="lr_drop_bart_base")
 
 
-def run(script, env, extra=None, check=True, timeout=300):
+def run(script, env, extra=None, check=True, timeout=HANG_GUARD_S):
     e = dict(env)
     e.update(extra or {})
     r = subprocess.run(["bash", str(script)], env=e, capture_output=True, text=True, timeout=timeout)
@@ -302,7 +303,7 @@ def _bad_cases(tmp):
 def test_bad_input_fails_fast_with_one_line(pipeline_env, tmp_path):
     env, _ = pipeline_env
     for script, knobs, words in _bad_cases(tmp_path):
-        r = run(script, env, knobs, check=False, timeout=60)
+        r = run(script, env, knobs, check=False, timeout=HANG_GUARD_S)
         lines = r.stderr.strip().splitlines()
         what = f"{script.parent.name}/{script.name} {knobs}: rc={r.returncode} stderr={r.stderr!r}"
         assert r.returncode != 0, what
@@ -328,7 +329,7 @@ def test_evaluate_missing_checkpoints(pipeline_env, tmp_path):
         (CNNDM / "evaluate.sh", dict(DATA_BIN=str(cnn), SAVE_DIR=str(empty)), "checkpoint_best.pt not found"),
     ]
     for script, knobs, words in cases:
-        r = run(script, env, knobs, check=False, timeout=60)
+        r = run(script, env, knobs, check=False, timeout=HANG_GUARD_S)
         lines = r.stderr.strip().splitlines()
         assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], r.stderr
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import HANG_GUARD_S
 from scipy.stats import t as student_t
 
 from test_ddtp_scripts import _env, write_indexes
@@ -25,7 +26,7 @@ TINY = dict(LAYERS=1, EMBED_DIM=16, FFN_DIM=32, HEADS=2, MAX_POSITIONS=64, MAX_U
             MAX_TOKENS=512, MAX_EPOCH=1, BATCH_SIZE=4, THREADS=1)
 
 
-def _bash(script, cwd, timeout=600, **extra):
+def _bash(script, cwd, timeout=HANG_GUARD_S, **extra):
     return subprocess.run(["bash", script], cwd=str(cwd), env=_env(**extra), capture_output=True,
                           text=True, timeout=timeout)
 
@@ -85,7 +86,7 @@ def test_train_subset_is_seeded_ordered_and_all_means_every_row():
 def test_study_chooses_lr_drop_weights_on_valid_and_reports_every_seed(prepared):
     work, _ = prepared
     run_dir = work / "study"
-    proc = _bash(os.path.join(ROOT, "bench/nlu_study.sh"), work, timeout=900, DDTP_INDEX_DIR=work / "idx",
+    proc = _bash(os.path.join(ROOT, "bench/nlu_study.sh"), work, timeout=HANG_GUARD_S, DDTP_INDEX_DIR=work / "idx",
                  DATA_DIR=work / "data", VALID_SIZE=6, TEST_SIZE=6, TRAIN_SIZES="10 all", SPM_VOCAB=60,
                  PRETRAIN_VALID_SIZE=2, WORKERS=1, RUN_DIR=run_dir, TASKS="classification", SIZES="10", SEEDS="1 2",
                  WEIGHT_GRID="0.1,0.1,1 1,1,1", **TINY)
@@ -112,7 +113,7 @@ def test_study_chooses_lr_drop_weights_on_valid_and_reports_every_seed(prepared)
     assert report["baseline"]["output_entropy"] == pytest.approx(statistics.mean(d["output_entropy"] for d in diagnoses))
     assert "| classification-10 | LR-Drop | %s |" % best in (run_dir / "report.md").read_text()
     # a rerun trains nothing
-    again = _bash(os.path.join(ROOT, "bench/nlu_study.sh"), work, timeout=600, DDTP_INDEX_DIR=work / "idx",
+    again = _bash(os.path.join(ROOT, "bench/nlu_study.sh"), work, timeout=HANG_GUARD_S, DDTP_INDEX_DIR=work / "idx",
                   DATA_DIR=work / "data", VALID_SIZE=6, TEST_SIZE=6, TRAIN_SIZES="10 all", SPM_VOCAB=60,
                   PRETRAIN_VALID_SIZE=2, WORKERS=1, RUN_DIR=run_dir, TASKS="classification", SIZES="10", SEEDS="1 2",
                   WEIGHT_GRID="0.1,0.1,1 1,1,1", **TINY)
@@ -185,7 +186,7 @@ def test_lm_study_trains_every_mode_and_scores_test_perplexity_as_stock_validati
                                 str(run_dir / f"20-{mode}-seed1/checkpoint_best.pt"), "--valid-subset", "test",
                                 "--max-tokens", "64", "--required-batch-size-multiple", "1", "--cpu", "--num-workers", "0",
                                 "--log-format", "json"],
-                               env=_env(), capture_output=True, text=True, timeout=300)
+                               env=_env(), capture_output=True, text=True, timeout=HANG_GUARD_S)
         assert check.returncode == 0, check.stderr
         logged = [line for line in (check.stdout + check.stderr).splitlines() if "| test | " in line]
         test_loss = float(json.loads(logged[-1].split("| test | ", 1)[1])["test_loss"])

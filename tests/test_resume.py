@@ -12,7 +12,7 @@ import signal
 import subprocess
 
 import torch
-from conftest import BIN, ONE_THREAD, REPO, TINY_MODEL, USER_DIR, max_state_diff, run_cli, train_inner
+from conftest import BIN, HANG_GUARD_S, ONE_THREAD, REPO, TINY_MODEL, USER_DIR, max_state_diff, run_cli, train_inner
 
 UPDATES = 40  # epochs of 30 updates (the 30 'valid' sentences, batch size 1): crosses a boundary
 EPOCH = 30
@@ -37,7 +37,7 @@ def _command(data_bin, save_dir):
     ]
 
 
-def _train(data_bin, save_dir, kill_after=None, timeout=300):
+def _train(data_bin, save_dir, kill_after=None, timeout=HANG_GUARD_S):
     """Run fairseq-train; with kill_after, SIGKILL it as soon as the log shows that many
     updates. Returns (returncode, log)."""
     proc = subprocess.Popen(_command(data_bin, save_dir), stdout=subprocess.PIPE,

@@ -1,30 +1,33 @@
 """Checkpoint loading for stock fairseq on torch >= 2.6: every checkpoint fairseq writes loads,
-on every rank, and no checkpoint runs code.
+on every rank, and no checkpoint or model archive runs code or writes outside its place.
 
-A fairseq checkpoint could run code in two ways, and the plugin closes both when imported:
+Importing the plugin closes four ways in:
 
 1. Unpickling. torch >= 2.6 loads with weights_only=True, which rejects what fairseq stores
    besides tensors (an argparse.Namespace, numpy arrays and scalars). fairseq unpickles in
    exactly two places: `checkpoint_utils` (the file: rank 0, or every rank with
    --load-checkpoint-on-all-dp-ranks) and `distributed.utils.broadcast_object` (rank 0's
    loaded state as the other ranks receive it; also FSDP and --zero-sharding os state). In
-   each of those two modules the name `torch` is bound to a stand-in whose `load` passes a
-   restricted unpickler to that one call: it resolves only the globals torch's weights_only
-   loader allows plus CHECKPOINT_GLOBALS (data types; see README "Checkpoints"), applies a
-   pickled state only to instances of listed data types (never to a class or function), and
-   takes no persistent record but torch's storages. Nothing else in the process changes: no
-   global allow-list, no torch.load replaced for a while.
-2. eval() of config strings. While building a model or task from a checkpoint's config,
-   fairseq evaluates some strings with the builtin eval() (`utils.eval_str_list` on
-   `adaptive_softmax_cutoff`, `eval_str_dict` on `*_xformers_att_config`, fconv layer specs,
-   ...). In the modules listed in CONFIG_EVAL_MODULES the builtin is shadowed by
-   `literal_value`: plain literals evaluate as before, anything else is refused.
+   each of those two modules the name `torch` is bound to a stand-in whose `load` is torch's
+   own weights-only loader, with fairseq's few data types added to torch's allow-list for the
+   duration of that one call (CHECKPOINT_GLOBALS, and BROADCAST_GLOBALS on the broadcast),
+   sparse tensors checked against their shapes, and numpy object arrays refused afterwards.
+   torch's security fixes reach the plugin with each torch release.
+2. eval() of config strings. fairseq evaluates some strings with the builtin eval(), some of
+   them from a checkpoint's config (`utils.eval_str_list` on `adaptive_softmax_cutoff`, ctc's
+   `wer_args` through fairseq-validate, fconv layer specs, ...). In EVERY fairseq module that
+   calls eval() (EVAL_MODULES, checked against the installed fairseq by a test) the builtin is
+   shadowed by `literal_value`: plain literals evaluate as before, anything else is refused.
+3. Model archives. The hub's from_pretrained extracts a .tar.gz with `tarfile.extractall` and
+   no filter; `fairseq.file_utils` gets a `tarfile` whose archives check every member with
+   Python's 'data' extraction filter (PEP 706) and refuse links, before anything is written.
+4. Sparse tensors: loaded under torch.sparse.check_sparse_tensor_invariants, so an index
+   outside a tensor's shape is refused instead of reaching code that writes through it.
 
 A user who trusts a legacy file that needs more lists its path in
 FAIRSEQ_LRDROP_TRUSTED_CHECKPOINTS (full unpickling for that file, and for its state as rank
 0 broadcasts it).
 """
-import _compat_pickle
 import argparse
 import ast
 import contextvars
@@ -32,9 +35,15 @@ import functools
 import importlib
 import os
 import pickle
+import re
+import tarfile
+import threading
+import traceback
 import types
 import zipfile
-from typing import Any, Callable, Dict
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Any, Callable, List
 
 import numpy
 import torch
@@ -49,155 +58,86 @@ except ImportError:  # numpy < 2
     from numpy.core import multiarray as _multiarray
 
 
-class _Refused(pickle.UnpicklingError):
-    def __init__(self, what: str):
-        super().__init__(what)
-        self.what = what
-
-
-def _plain_dtype(*args):
-    """numpy.dtype, for numbers and booleans only (an object dtype would unpickle objects)."""
-    dtype = numpy.dtype(*args)
-    if dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
-        raise _Refused(f"a numpy array or scalar of dtype {dtype}")
-    return dtype
-
-
-class _NdarrayName:
-    """Stands for the global numpy.ndarray, which pickles name only as the first argument of
-    numpy's array reconstructor: the real class, called directly, would make object arrays."""
-
-
-def _plain_array(subtype, shape, dtype):
-    """numpy's array reconstructor, for plain ndarrays only (not subclasses)."""
-    if subtype is not _NdarrayName:
-        raise _Refused(f"a numpy array of type {subtype!r}")
-    return _multiarray._reconstruct(numpy.ndarray, shape, dtype)
-
-
-def _plain_scalar(dtype, data):
-    """numpy's scalar reconstructor, for a plain dtype and its raw bytes only."""
-    if not isinstance(dtype, numpy.dtype) or not isinstance(data, bytes):
-        raise _Refused(f"a numpy scalar made from {type(data).__name__}")
-    return _multiarray.scalar(dtype, data)
-
-
-def _numpy_globals() -> Dict[str, Any]:
-    names = {"numpy.ndarray": _NdarrayName, "numpy.dtype": _plain_dtype}
-    # numpy >= 2 writes numpy._core.multiarray.*, numpy < 2 wrote numpy.core.multiarray.*
+def _numpy_globals() -> List[Any]:
+    """numpy's array and scalar reconstructors under both module names (numpy >= 2 writes
+    numpy._core.multiarray.*, numpy < 2 wrote numpy.core.multiarray.*), ndarray, dtype, and
+    the classes of the plain dtypes (bool, int, uint, float, complex): torch applies a
+    pickled state only to instances of listed classes, so an object or structured dtype
+    never gets its state."""
+    plain_dtypes = {type(numpy.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}
+    found: List[Any] = [numpy.ndarray, numpy.dtype, *sorted(plain_dtypes, key=lambda cls: cls.__name__)]
     for core in ("numpy._core", "numpy.core"):
-        names[f"{core}.multiarray.scalar"] = _plain_scalar
-        names[f"{core}.multiarray._reconstruct"] = _plain_array
-    return names
+        found += [(_multiarray._reconstruct, f"{core}.multiarray._reconstruct"),
+                  (_multiarray.scalar, f"{core}.multiarray.scalar")]
+    return found
 
 
 # What fairseq writes into checkpoints besides tensors and plain containers (surveyed in README).
-CHECKPOINT_GLOBALS: Dict[str, Any] = {"argparse.Namespace": argparse.Namespace, **_numpy_globals()}
+CHECKPOINT_GLOBALS: List[Any] = [argparse.Namespace, *_numpy_globals()]
 
 
-def _broadcast_types():
+def _broadcast_globals() -> List[Any]:
     """What fairseq's loader adds before rank 0 broadcasts a loaded checkpoint: the config as
-    an OmegaConf DictConfig (with its metadata and nodes) and placeholders for the tensors,
-    which travel separately."""
+    an OmegaConf DictConfig (with its metadata, nodes and the types they name) and
+    placeholders for the tensors, which travel separately."""
+    import typing
+
     from fairseq.distributed.utils import _TensorPlaceholder
     from omegaconf import DictConfig, ListConfig, base, nodes
 
-    return [DictConfig, ListConfig, base.ContainerMetadata, base.Metadata, _TensorPlaceholder,
-            nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode]
+    return [*CHECKPOINT_GLOBALS, DictConfig, ListConfig, base.ContainerMetadata, base.Metadata,
+            _TensorPlaceholder, nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode,
+            nodes.BooleanNode, defaultdict, dict, list, tuple, int, float, str, bool, (typing.Any, "typing.Any")]
 
 
-def _broadcast_globals() -> Dict[str, Any]:
-    import typing
-    from collections import defaultdict
-
-    found = [*_broadcast_types(), defaultdict, dict, list, tuple, int, float, str, bool]
-    names = {f"{cls.__module__}.{cls.__qualname__}": cls for cls in found}
-    names["typing.Any"] = typing.Any
-    return {**CHECKPOINT_GLOBALS, **names}
+def global_name(entry) -> str:
+    """The name under which torch's allow-list resolves an entry (an object or (object, name))."""
+    if isinstance(entry, tuple):
+        return entry[1]
+    return f"{entry.__module__}.{entry.__qualname__}"
 
 
-class _RestrictedUnpickler(pickle._Unpickler):
-    """Python's own unpickler with three limits: globals only from `allowed`; BUILD (state
-    applied to an object) only on instances of `buildable` types, never on a class or a
-    function, and without dunder attributes; no persistent ids but torch's storages."""
-
-    allowed: Dict[str, Any] = {}
-    buildable: frozenset = frozenset()
-    dispatch = dict(pickle._Unpickler.dispatch)
-
-    def find_class(self, module, name):
-        # protocol 2 (torch's default) names builtins as Python 2 did: __builtin__.dict
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        found = self.allowed.get(f"{module}.{name}")
-        if found is None:
-            raise _Refused(f"the global {module}.{name}")
-        return found
-
-    def load_build(self):
-        state = self.stack.pop()
-        inst = self.stack[-1]
-        kind = type(inst)
-        if isinstance(inst, numpy.dtype):
-            if state != numpy.dtype(inst.str).__reduce__()[2]:
-                raise _Refused(f"numpy dtype flags {state!r}")
-            inst.__setstate__(state)
-        elif kind is torch.Tensor:  # the legacy format, as torch's weights_only loader does it
-            inst.set_(*state)
-        elif kind not in self.buildable:
-            raise _Refused(f"to change {inst!r} while unpickling" if isinstance(inst, type) or callable(inst)
-                           else f"to set the state of a {kind.__module__}.{kind.__qualname__}")
-        elif getattr(inst, "__setstate__", None) is not None:
-            inst.__setstate__(state)
-        else:
-            slots = None
-            if isinstance(state, tuple) and len(state) == 2:
-                state, slots = state
-            if slots or not isinstance(state, dict) or any(str(k).startswith("__") for k in state):
-                raise _Refused(f"attributes {sorted(map(str, state or {}))} set on a {kind.__qualname__}")
-            inst.__dict__.update(state)
-
-    dispatch[pickle.BUILD[0]] = load_build
-
-    # torch.load assigns its persistent_load to the unpickler; only its storages may pass (a
-    # legacy 'module' record makes torch compare and even write source files).
-    @property
-    def persistent_load(self):
-        return self._persistent_load
-
-    @persistent_load.setter
-    def persistent_load(self, load):
-        def checked(pid):
-            if isinstance(pid, tuple) and pid and pid[0] in ("module", b"module"):
-                raise _Refused("a legacy 'module' record")
-            return load(pid)
-
-        self._persistent_load = checked
+# torch's allow-list is process-wide: loads through the plugin take turns, so that one load
+# leaving its scope never removes an entry that another one still needs.
+_ALLOW_LIST_LOCK = threading.RLock()
 
 
-@functools.lru_cache(maxsize=None)
-def _restricted_pickle(kind: str):
-    """A pickle module for torch.load(pickle_module=...): torch's own weights_only globals
-    plus CHECKPOINT_GLOBALS (kind 'file') or the broadcast's extras (kind 'broadcast')."""
-    from collections import Counter, OrderedDict
+@contextmanager
+def _allowed_globals(extra: List[Any]):
+    """torch's allow-list plus `extra` within the block (entries already there stay as they
+    are), and sparse tensors checked against their shapes."""
+    with _ALLOW_LIST_LOCK:
+        present = {global_name(entry) for entry in torch.serialization.get_safe_globals()}
+        missing = [entry for entry in extra if global_name(entry) not in present]
+        with torch.serialization.safe_globals(missing), torch.sparse.check_sparse_tensor_invariants():
+            yield
 
-    from torch._weights_only_unpickler import _get_allowed_globals
 
-    extra = CHECKPOINT_GLOBALS if kind == "file" else _broadcast_globals()
-    buildable = {OrderedDict, Counter, argparse.Namespace, torch.nn.Parameter, numpy.ndarray}
-    if kind == "broadcast":
-        buildable.update(_broadcast_types())
-    unpickler = type("Unpickler", (_RestrictedUnpickler,),
-                     {"allowed": {**_get_allowed_globals(), **extra}, "buildable": frozenset(buildable)})
-    return types.SimpleNamespace(
-        __name__=f"fairseq_lrdrop_{kind}_pickle",
-        Unpickler=unpickler,
-        load=lambda file, **kwargs: unpickler(file, **kwargs).load(),
-    )
+def _object_array_in(state) -> bool:
+    """True if a numpy array holding Python objects is anywhere in the containers of `state`
+    (torch's loader builds one from a dtype left without its state, or from ndarray called
+    directly); fairseq only ever stores numbers in arrays."""
+    seen, pending = set(), [state]
+    while pending:
+        item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, numpy.ndarray):
+            if item.dtype.hasobject:
+                return True
+        elif isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            pending += item
+        elif isinstance(item, argparse.Namespace):
+            pending += vars(item).values()
+    return False
 
 
 def trusted_checkpoints():
-    """Real paths listed (os.pathsep-separated) in FAIRSEQ_LRDROP_TRUSTED_CHECKPOINTS."""
+    """Real paths listed (os.pathsep-separated, relative to the working directory or
+    absolute) in FAIRSEQ_LRDROP_TRUSTED_CHECKPOINTS."""
     listed = os.environ.get(TRUSTED_CHECKPOINTS_ENV, "")
     return {os.path.realpath(p) for p in listed.split(os.pathsep) if p}
 
@@ -206,32 +146,63 @@ def _is_trusted(path) -> bool:
     return path is not None and os.path.realpath(str(path)) in trusted_checkpoints()
 
 
-def _checked_load(source, what: str, kind: str, trusted: bool, args, kwargs):
-    """torch.load(source, ...) with the restricted unpickler (full unpickling when trusted);
-    failures become one line naming `what`."""
+def _refusal(error: BaseException) -> str:
+    """What torch's weights-only loader refused, in a few words."""
+    text = str(error)
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+) (?:was not|whose module)", text)
+    if found:
+        return f"the global {found.group(1)}"
+    # torch's message: "... WeightsUnpickler error: <reason, on the same or a later line>\n\nCheck ..."
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    reason = found.group(1) if found else (text.splitlines() or [type(error).__name__])[0]
+    return f"what torch's weights-only loader refuses ({reason.strip().rstrip('.')})"
+
+
+def _from_sparse_check(error: BaseException) -> bool:
+    return any(frame.name == "_validate_loaded_sparse_tensors"
+               for frame in traceback.extract_tb(error.__traceback__))
+
+
+def _checked_load(source, what: str, extra: List[Any], trusted: bool, args, kwargs):
+    """torch.load(source, ...) with torch's weights-only loader and `extra` allowed (full
+    unpickling when trusted); every failure becomes one line naming `what`."""
     kwargs = {k: v for k, v in kwargs.items() if k not in ("weights_only", "pickle_module")}
-    pickle_module = pickle if trusted else _restricted_pickle(kind)
+
+    def refused(needs: str):
+        return UsageError(
+            f"refused to load {what}: it needs {needs}, which fairseq checkpoints never "
+            f"contain, so unpickling it could run arbitrary code or corrupt memory. If you trust "
+            f"this file, add its path to {TRUSTED_CHECKPOINTS_ENV} to load it with full unpickling")
+
     try:
-        return torch.load(source, *args, weights_only=False, pickle_module=pickle_module, **kwargs)
-    except _Refused as error:
-        raise UsageError(
-            f"refused to load {what}: it needs {error.what}, which fairseq checkpoints never "
-            f"contain, so unpickling it could run arbitrary code. If you trust this file, add "
-            f"its path to {TRUSTED_CHECKPOINTS_ENV} to load it with full unpickling"
-        ) from None
-    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, zipfile.BadZipFile, ValueError,
-            KeyError, IndexError, TypeError, AttributeError, SystemError, MemoryError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UsageError(
-            f"{what} cannot be read ({reason}): it is truncated or not a fairseq checkpoint; "
-            f"use another one (e.g. checkpoint_last.pt) or re-save it"
-        ) from None
+        with _allowed_globals(extra):
+            state = torch.load(source, *args, weights_only=not trusted, **kwargs)
+    except pickle.UnpicklingError as error:  # torch's weights-only loader said no
+        raise refused(_refusal(error)) from None
+    except RuntimeError as error:
+        if "legacy .tar format" in str(error):
+            raise refused("torch's legacy tar format (its members are unpacked as files)") from None
+        if _from_sparse_check(error):
+            raise refused(f"a sparse tensor whose indices lie outside its shape ({str(error).splitlines()[0]})") from None
+        raise _unreadable(what, error) from None
+    except (EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError, TypeError,
+            AttributeError, SystemError, MemoryError) as error:
+        raise _unreadable(what, error) from None
+    if not trusted and _object_array_in(state):
+        raise refused("a numpy array of Python objects")
+    return state
+
+
+def _unreadable(what: str, error: BaseException) -> UsageError:
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return UsageError(f"{what} cannot be read ({reason}): it is truncated or not a fairseq checkpoint; "
+                      f"use another one (e.g. checkpoint_last.pt) or re-save it")
 
 
 def load_checkpoint_data(f, *args, **kwargs):
     """The `torch.load` of fairseq.checkpoint_utils: `f` is the open checkpoint file."""
     path = getattr(f, "name", f)
-    return _checked_load(f, f"checkpoint {path}", "file", _is_trusted(path), args, kwargs)
+    return _checked_load(f, f"checkpoint {path}", CHECKPOINT_GLOBALS, _is_trusted(path), args, kwargs)
 
 
 # The checkpoint that Trainer.load_checkpoint is loading in this context: the other ranks
@@ -243,7 +214,7 @@ def load_broadcast_data(buffer, *args, **kwargs):
     """The `torch.load` of fairseq.distributed.utils: an object rank 0 broadcast."""
     path = _loading_checkpoint.get()
     what = "the state rank 0 broadcast" + (f" (checkpoint {path})" if path else "")
-    return _checked_load(buffer, what, "broadcast", _is_trusted(path), args, kwargs)
+    return _checked_load(buffer, what, _broadcast_globals(), _is_trusted(path), args, kwargs)
 
 
 def load_checkpoint_file(path):
@@ -253,16 +224,17 @@ def load_checkpoint_file(path):
         return load_checkpoint_data(f, map_location="cpu")
 
 
-class _TorchWithCheckedLoad(types.ModuleType):
-    """Stands for `torch` inside one fairseq module: every attribute is torch's, except
-    `load`."""
+class _ModuleWith(types.ModuleType):
+    """Stands for a module inside one fairseq module: every attribute is the module's own,
+    except those given."""
 
-    def __init__(self, load: Callable):
-        super().__init__("torch")
-        self.load = load
+    def __init__(self, module: types.ModuleType, **replaced):
+        super().__init__(module.__name__)
+        self._module = module
+        self.__dict__.update(replaced)
 
     def __getattr__(self, name):
-        return getattr(torch, name)
+        return getattr(self._module, name)
 
 
 def _remembering_checkpoint(load_checkpoint):
@@ -280,40 +252,68 @@ def _remembering_checkpoint(load_checkpoint):
     return wrapper
 
 
+# ---- model archives ---------------------------------------------------------------------
+
+class CheckedTarFile(tarfile.TarFile):
+    """A model archive as fairseq's hub extracts it: before anything is written, every member
+    be a plain file or folder with a relative path (no links, which could redirect later
+    members) and pass Python's 'data' extraction filter (PEP 706: nothing outside the folder,
+    no device or FIFO); then the members are extracted with that filter."""
+
+    def extractall(self, path=".", members=None, *, numeric_owner=False, filter=None):
+        for member in self.getmembers() if members is None else members:
+            try:
+                if member.issym() or member.islnk():
+                    raise tarfile.FilterError(f"{member.name!r} is a link")
+                if os.path.isabs(member.name):  # the 'data' filter would strip the leading '/'
+                    raise tarfile.AbsolutePathError(member)
+                tarfile.data_filter(member, str(path))
+            except tarfile.FilterError as error:
+                raise UsageError(
+                    f"refused to extract the model archive {self.name}: {error}; a fairseq model "
+                    f"archive holds plain files in one folder. Unpack it yourself if you trust "
+                    f"it and pass the folder instead") from None
+        super().extractall(path, members, numeric_owner=numeric_owner, filter="data")
+
+
 # ---- eval() of configuration strings ------------------------------------------------------
 
-# fairseq modules that call the builtin eval() on configuration values that a checkpoint's
-# cfg can set (model, task and dataset options built by fairseq-generate, --restore-file, the
-# hub). tests/test_checkpoints.py scans the installed fairseq for every eval() call and checks
-# that each module is here or in CONFIG_EVAL_NOT_FROM_CHECKPOINTS.
-CONFIG_EVAL_MODULES = (
+# Every fairseq module that calls the builtin eval() (fairseq-fixed 0.12.3.1, without
+# fairseq/examples). Some evaluate a checkpoint's config (model and task options, and the
+# criterion that fairseq-validate builds from the checkpoint's saved config), others the
+# command line or data manifests; all are guarded, so no list of which is reachable from a
+# checkpoint has to be right. tests/test_checkpoints.py scans the installed fairseq and fails
+# on a module with an eval() call that is not here.
+EVAL_MODULES = (
     "fairseq.utils",  # eval_str_list / eval_str_dict / eval_bool (also as fairseq.options.*)
+    "fairseq.criterions.ctc",  # wer_args
+    "fairseq.data.audio.raw_audio_dataset",
+    "fairseq.data.codedataset",
     "fairseq.models.fconv",
     "fairseq.models.fconv_lm",
     "fairseq.models.fconv_self_att",
+    "fairseq.models.hubert.hubert",
     "fairseq.models.lightconv_lm",
+    "fairseq.models.speech_to_text.s2t_wav_transformer",
     "fairseq.models.transformer_lm",
     "fairseq.models.wav2vec.wav2vec",
     "fairseq.models.wav2vec.wav2vec2",
-    "fairseq.models.hubert.hubert",
-    "fairseq.models.speech_to_text.s2t_wav_transformer",
-    "fairseq.data.audio.raw_audio_dataset",
+    "fairseq.optim.adafactor",
+    "fairseq.optim.adam",
+    "fairseq.optim.adamax",
+    "fairseq.optim.cpu_adam",
+    "fairseq.optim.fused_lamb",
+    "fairseq_cli.eval_lm",  # --model-overrides
+    "fairseq_cli.validate",
 )
-# eval() calls on values that come from the user's command line or data files, never from a
-# checkpoint's config (fairseq builds optimizers and criterions from the current run's flags).
-CONFIG_EVAL_NOT_FROM_CHECKPOINTS = {
-    "fairseq.optim.adam": "--adam-betas of the current run",
-    "fairseq.optim.cpu_adam": "--adam-betas of the current run",
-    "fairseq.optim.adamax": "--adamax-betas of the current run",
-    "fairseq.optim.adafactor": "--adafactor-eps of the current run",
-    "fairseq.optim.fused_lamb": "--lamb-betas of the current run",
-    "fairseq.criterions.ctc": "--wer-args of the current run's criterion",
-    "fairseq.data.codedataset": "lines of a speech data manifest",
-    "fairseq_cli.validate": "--model-overrides on the command line",
-    "fairseq_cli.eval_lm": "--model-overrides on the command line",
-}
 
-_MAX_ITEMS = 1_000_000  # a repeated list longer than this is refused (memory, not code)
+_MAX_ITEMS = 1_000_000  # a string, bytes or list longer than this is refused (memory, not code)
+
+
+def _checked_size(value):
+    if isinstance(value, (str, bytes, list, tuple)) and len(value) > _MAX_ITEMS:
+        raise ValueError("too long")
+    return value
 
 
 def _literal(node: ast.AST):
@@ -321,24 +321,25 @@ def _literal(node: ast.AST):
         left, right = _literal(node.left), _literal(node.right)
         if isinstance(node.op, ast.Mult):
             sequence, count = (left, right) if isinstance(right, int) else (right, left)
-            if isinstance(sequence, (list, tuple, str)) and len(sequence) * max(count, 0) > _MAX_ITEMS:
-                raise ValueError("too long")
-            return left * right
-        return left + right
-    return ast.literal_eval(node)
+            if isinstance(sequence, (str, bytes, list, tuple)) and len(sequence) * max(count, 0) > _MAX_ITEMS:
+                raise ValueError("too long")  # before the product is made
+            return _checked_size(left * right)
+        return _checked_size(left + right)
+    return _checked_size(ast.literal_eval(node))
 
 
 def literal_value(source, *_globals_and_locals):
     """A stand-in for the builtin eval() that evaluates only plain literals: numbers,
     strings, lists, tuples, dicts, sets, True / False / None, and lists joined with + or
-    repeated with * (fconv's "[(512, 3)] * 20"). Anything else is refused with one line."""
+    repeated with * (fconv's "[(512, 3)] * 20"), none longer than a million items. Anything
+    else is refused with one line."""
     if isinstance(source, bytes):
         source = source.decode()
     if not isinstance(source, str):
         raise TypeError("eval() arg 1 must be a string")  # as the builtin (eval_bool relies on it)
     try:
         return _literal(ast.parse(source.strip(), mode="eval").body)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, OverflowError):
         shown = source if len(source) <= 80 else source[:77] + "..."
         raise UsageError(
             f"refused to evaluate the configuration value {shown!r}: fairseq evaluates it with "
@@ -352,16 +353,18 @@ def literal_value(source, *_globals_and_locals):
 
 def install_safe_checkpoint_loading():
     """Idempotent; called when the plugin is imported."""
-    from fairseq import checkpoint_utils
+    from fairseq import checkpoint_utils, file_utils
     from fairseq.distributed import utils as distributed_utils
     from fairseq.trainer import Trainer
 
     for module, load in ((checkpoint_utils, load_checkpoint_data), (distributed_utils, load_broadcast_data)):
-        if not isinstance(module.torch, _TorchWithCheckedLoad):
-            module.torch = _TorchWithCheckedLoad(load)
+        if not isinstance(module.torch, _ModuleWith):
+            module.torch = _ModuleWith(torch, load=load)
+    if not isinstance(file_utils.tarfile, _ModuleWith):
+        file_utils.tarfile = _ModuleWith(tarfile, open=CheckedTarFile.open)
     if not getattr(Trainer.load_checkpoint, "lrdrop_remembers_checkpoint", False):
         Trainer.load_checkpoint = _remembering_checkpoint(Trainer.load_checkpoint)
-    for name in CONFIG_EVAL_MODULES:
+    for name in EVAL_MODULES:
         try:
             module = importlib.import_module(name)
         except ImportError:  # an optional dependency is missing: fairseq cannot use it either
