@@ -142,5 +142,39 @@ def fused_output_losses(features: Tensor, weight: Tensor, target: Tensor, paddin
         raise ValueError("the output term compares two passes: one pass (N x C features) takes output_weight 0")
     block = block or pairs_per_block(pairs, features.size(1), weight.size(0), features.device,
                                      passes=features.size(0) // max(pairs, 1) or 2)
-    return HeadLosses(*_FusedHead.apply(features, weight, target, padding_idx, float(epsilon),
-                                        float(output_weight), block, count_correct))
+    # The head picks its own precision (float32, float64 for float64 inputs): under --amp's
+    # autocast the matrix products would otherwise run in half precision, and the in-place
+    # weight-gradient update would mix dtypes.
+    with torch.autocast(features.device.type, enabled=False):
+        return HeadLosses(*_FusedHead.apply(features, weight, target, padding_idx, float(epsilon),
+                                            float(output_weight), block, count_correct))
+
+
+class OutputHeadRequest(NamedTuple):
+    """What a model's forward needs to run the fused head on its own decoder features, so that
+    the output projection is used inside the forward (where DistributedDataParallel sees
+    every parameter the loss uses):
+
+        model(..., output_head=OutputHeadRequest(...)) -> (features, extra)
+
+    with extra["output_head"] the HeadLosses. target: B x T, the target of ONE pass; the
+    first prefix positions of every row (--ignore-prefix-size) are left out.
+    """
+
+    target: Tensor
+    padding_idx: int
+    epsilon: float
+    output_weight: float
+    count_correct: bool = False
+    prefix: int = 0
+
+    def scored_target(self) -> Tensor:
+        """The B x T' target the head scores (the prefix left out)."""
+        return self.target[:, self.prefix:]
+
+    def losses(self, features: Tensor, weight: Tensor) -> HeadLosses:
+        """features: P*B x T x C decoder features of P passes; weight: V x C."""
+        features = features[:, self.prefix:, :]
+        return fused_output_losses(features.reshape(-1, features.size(-1)), weight,
+                                   self.scored_target().reshape(-1), self.padding_idx, self.epsilon,
+                                   self.output_weight, self.count_correct)

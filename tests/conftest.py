@@ -97,6 +97,20 @@ def build(data_bin, arch="lr_drop_transformer", criterion="lr_drop_label_smoothe
     return task, model, task.build_criterion(cfg.criterion)
 
 
+def perturb_second_pass(*embeddings):
+    """Make the two passes of [x; x] differ WITHOUT dropout: the second half of the batch gets
+    an offset on its token embeddings that depends only on the token id (and the channel, so
+    that an embedding layer norm, as BART and RoBERTa have, keeps it); padding cannot change it."""
+    def hook(module, args, output):
+        (tokens,) = args
+        half = tokens.size(0) // 2
+        channels = torch.arange(1, output.size(-1) + 1)
+        offset = 0.1 * torch.sin(tokens[half:].float().unsqueeze(-1) * channels)
+        return torch.cat([output[:half], output[half:] + offset])
+    for embedding in set(embeddings):
+        embedding.register_forward_hook(hook)
+
+
 def criterion_cfg(name, **fields):
     """A criterion config as fairseq builds it: label smoothing 0.1, stock options off."""
     from omegaconf import OmegaConf

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batch, build, criterion_cfg
+from conftest import batch, build, criterion_cfg, perturb_second_pass
 
 from fairseq_lrdrop.errors import UsageError
 from fairseq_lrdrop.modules.layer_states import LayerStateRequest, layer_stacks, recording_layer_states
@@ -132,22 +132,12 @@ def test_gradients_reach_every_parameter(data_bin):
         assert model.encoder.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
 
 
-def _perturb_second_pass(model):
-    """Make the two passes differ WITHOUT dropout: the second half of the batch gets an offset
-    that depends only on the token id, so padding cannot change it."""
-    def hook(module, args, output):
-        (tokens,) = args
-        half = tokens.size(0) // 2
-        offset = 0.1 * torch.sin(tokens[half:].float()).unsqueeze(-1)
-        return torch.cat([output[:half], output[half:] + offset])
-    model.encoder.embed_tokens.register_forward_hook(hook)
-    if model.decoder.embed_tokens is not model.encoder.embed_tokens:
-        model.decoder.embed_tokens.register_forward_hook(hook)
-
-
-def test_padding_changes_no_loss_term(data_bin):
-    task, model, criterion = build(data_bin, dropout=0.0, extra=["--report-accuracy"])
-    _perturb_second_pass(model)
+@pytest.mark.parametrize("arch", ["lr_drop_transformer", "lr_drop_bart_base"])
+def test_padding_changes_no_loss_term(data_bin, arch):
+    """Encoder-decoder families (the decoder-only and encoder-only ones: test_families.py)."""
+    extra = ["--share-all-embeddings"] if "bart" in arch else []
+    task, model, criterion = build(data_bin, arch=arch, dropout=0.0, extra=["--report-accuracy", *extra])
+    perturb_second_pass(model.encoder.embed_tokens, model.decoder.embed_tokens)
     model.train()
     sample = batch(task, size=4)
     pad = task.source_dictionary.pad()
@@ -238,24 +228,44 @@ def test_only_chosen_layers_and_modules_are_recorded(data_bin):
     assert float(log["hidden_reg"]) > 0 and float(log["attn_reg"]) > 0
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_states_give_float32_terms(data_bin, dtype):
+@pytest.mark.parametrize("dtype, close", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+def test_half_precision_states_give_float32_terms(data_bin, dtype, close):
+    """Terms from half-precision states and log-probabilities (as --fp16 / --bf16 models give
+    them) are float32 and equal the terms of the same rounded values converted to float32
+    first: to float32 rounding (1e-5), except L_HSR, whose h1 - h2 is taken in the states'
+    dtype (exact for near-equal values; within the dtype's epsilon). Against the unrounded
+    float32 states they differ only by the inputs' rounding (float16: 2e-3, bfloat16: 2e-2,
+    relative; measured at most 4e-5 and 6e-4)."""
     task, model, criterion = build(data_bin, dropout=0.3)
     model.train()
     sample = batch(task)
     torch.manual_seed(0)
     net_input = {k: torch.cat([v, v]) for k, v in sample["net_input"].items()}
     out = model(**net_input, layer_states=criterion.layer_state_request(model))
-    states = out[1]["layer_states"]
-    for store in (states.encoder_hidden, states.decoder_hidden, *states.attention.values()):
-        for key in store:
-            store[key] = store[key].to(dtype)
-    lprobs = model.get_normalized_probs(out, log_probs=True).to(dtype).view(-1, out[0].size(-1))
+    lprobs = model.get_normalized_probs(out, log_probs=True).view(-1, out[0].size(-1)).detach()
     target = torch.cat([sample["target"]] * 2).view(-1)
-    terms = criterion.consistency_terms(lprobs, target, states, sample["net_input"])
-    assert set(terms) == set(TERMS)
-    for value in terms.values():
-        assert value.dtype == torch.float32 and torch.isfinite(value) and value > 0
+    states = out[1]["layer_states"]
+    # what a half-precision model records in its dtype: hidden states and attention maps
+    stores = [states.encoder_hidden, states.decoder_hidden, *states.attention.values()]
+    float32 = [{key: value.detach() for key, value in store.items()} for store in stores]
+    assert sum(map(len, float32)) > 0
+
+    def terms_from(convert):
+        for store, values in zip(stores, float32):
+            store.update({key: convert(value) for key, value in values.items()})
+        return criterion.consistency_terms(convert(lprobs), target, states, sample["net_input"])
+
+    reference = terms_from(lambda x: x)
+    half = terms_from(lambda x: x.to(dtype))
+    rounded = terms_from(lambda x: x.to(dtype).float())
+    assert set(half) == set(TERMS)
+    for name in TERMS:
+        assert half[name].dtype == torch.float32 and reference[name] > 0
+        same = torch.finfo(dtype).eps if name == "hidden_reg" else 1e-5
+        torch.testing.assert_close(half[name], rounded[name], rtol=same, atol=0, msg=name)
+        torch.testing.assert_close(half[name], reference[name], rtol=close, atol=0, msg=name)
+        if name != "attn_reg":  # (the attention rows may be reduced inside the modules, in float32)
+            assert not torch.equal(rounded[name], reference[name]), name  # the inputs were rounded
 
 
 def test_sample_is_not_modified(data_bin):
@@ -290,12 +300,16 @@ def test_layer_out_of_range_and_stock_model_are_rejected_before_training(data_bi
     model.train()
     with pytest.raises(UsageError, match=r"use --arch lr_drop_<stock arch name> \(lr_drop_transformer, "):
         criterion(model, batch(task))
-    # the output term alone (R-Drop) needs no layer states: any model works
-    task, model, criterion = build(data_bin, arch="transformer", extra=[
-        "--hidden-reg-weight", "0", "--attn-reg-weight", "0"])
+    # the output term alone (R-Drop) needs no layer states: any model works, the fused head
+    # running on the stock model's features after its forward (outside DDP), as unfused
+    r_drop = ["--hidden-reg-weight", "0", "--attn-reg-weight", "0"]
+    task, model, criterion = build(data_bin, arch="transformer", extra=r_drop)
+    unfused = build(data_bin, arch="transformer", extra=[*r_drop, "--no-fused-output-head"])[2]
     model.train()
-    _, _, log = criterion(model, batch(task))
+    (loss, _, log), (ref_loss, _, ref_log) = (_loss(c, model, batch(task)) for c in (criterion, unfused))
     assert float(log["output_reg"]) > 0
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log["output_reg"], ref_log["output_reg"], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ["lr_drop_transformer", "lr_drop_bart_base"])
@@ -328,7 +342,7 @@ def test_left_padded_target_gives_finite_terms_equal_to_right_padding(data_bin):
     fused path 0), which reached the loss through the next layer's values; now they get
     probability 0 and the loss, every term and the gradients equal right padding's."""
     task, model, criterion = build(data_bin, dropout=0.0, extra=["--report-accuracy"])
-    _perturb_second_pass(model)
+    perturb_second_pass(model.encoder.embed_tokens, model.decoder.embed_tokens)
     model.train()
     sample = batch(task, size=4)
     pad = task.target_dictionary.pad()

@@ -9,7 +9,7 @@ import numpy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import EN, USER_DIR, bench_module, run_cli
+from conftest import EN, USER_DIR, bench_module, perturb_second_pass, run_cli
 
 TINY_ENCODER = ["--encoder-layers", "2", "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
                 "--encoder-attention-heads", "4", "--max-positions", "64"]
@@ -209,6 +209,35 @@ def test_sentence_prediction_terms_match_independent_formulas(corpora, regressio
     assert output > 0 and hidden > 0
 
 
+def test_sentence_prediction_logs_stock_pruning_penalty(corpora):
+    """--mha-reg-scale-factor (fairseq's attention-head pruning penalty): the plugin optimises
+    it once, adds it to the logged loss and logs mha_reg_loss, as stock sentence_prediction
+    does. With every dropout 0 the two passes are equal, so the logged values equal stock's on
+    the same batch, and the optimised loss is stock's plus one more pass of the task loss."""
+    from fairseq.logging import metrics
+
+    flags = ["--mha-reg-scale-factor", "0.1", "--dropout", "0", "--attention-dropout", "0"]
+    task, model, criterion = build_classifier(corpora, "--criterion", "lr_drop_sentence_prediction",
+                                              *weights(0.1, 0.1, 1), *flags)
+    stock = build_classifier(corpora, "--criterion", "sentence_prediction", *flags)[2]
+    sample = valid_batch(task)
+    model.train()
+    (loss, _, log), (stock_loss, _, stock_log) = (crit(model, sample) for crit in (criterion, stock))
+    penalty = model._get_adaptive_head_loss()
+    assert float(penalty) > 1  # far outside the tolerances below
+    torch.testing.assert_close(log["mha_reg_loss"], penalty, rtol=0, atol=0)
+    torch.testing.assert_close(torch.as_tensor(log["mha_reg_loss"]), torch.as_tensor(stock_log["mha_reg_loss"]))
+    torch.testing.assert_close(log["loss"], stock_log["loss"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, stock_loss + (stock_log["loss"] - penalty), rtol=1e-5, atol=1e-4)
+    logged = []
+    for crit, out in ((criterion, log), (stock, stock_log)):
+        with metrics.aggregate(new_root=True) as agg:
+            crit.__class__.reduce_metrics([out])
+            logged.append(agg.get_smoothed_values())
+    for key in ("loss", "mha_reg_loss"):
+        assert logged[0][key] == logged[1][key] > 0, key
+
+
 def test_sentence_prediction_defaults_to_smaller_layer_weights_than_translation(corpora):
     """Command-line defaults as fairseq-train resolves them: alpha = beta = 0.01, gamma = 1 for
     sentence prediction (its task loss sums over sentences, the layer terms over tokens);
@@ -382,3 +411,99 @@ def test_roberta_fine_tunes_from_a_stock_checkpoint_and_moves_back(corpora, tmp_
     lprobs = hub.predict("sentence_classification_head", tokens)
     assert lprobs.shape == (1, 2) and torch.allclose(lprobs.exp().sum(), torch.tensor(1.0))
     _classifier_diagnosis_matches_the_hub(hub, finetuned_path, corpora["cls"])
+
+
+def attention_term(inputs, query_mask):
+    """Independent L_MHAR (symmetric KL) from each recorded self-attention call's inputs:
+    per head, softmax(q k^T + masks) with q = q_proj(x) * head_dim^-0.5 and k = k_proj(x);
+    0.5 * sum_k (p - q)(log p - log q) between the two halves of the batch, summed over real
+    queries, averaged over heads, then over modules. inputs: (module, kwargs) per call."""
+    per_module = []
+    for module, call in inputs:
+        x = call["query"].float()  # T x 2B x C
+        length, batch, _ = x.shape
+        heads, head_dim = module.num_heads, module.head_dim
+
+        def split(y):  # T x 2B x C -> H x 2B x T x d
+            return y.view(length, batch, heads, head_dim).permute(2, 1, 0, 3)
+
+        scores = split(module.q_proj(x) * head_dim ** -0.5) @ split(module.k_proj(x)).transpose(-1, -2)
+        if call.get("attn_mask") is not None:
+            scores = scores + call["attn_mask"]
+        if call.get("key_padding_mask") is not None:
+            scores = scores.masked_fill(call["key_padding_mask"][None, :, None, :].bool(), float("-inf"))
+        probs = scores.softmax(-1)  # H x 2B x T x S
+        p, q = probs.chunk(2, dim=1)
+        log_ratio = p.clamp_min(1e-38).log() - q.clamp_min(1e-38).log()
+        skl = (0.5 * (p - q) * log_ratio).sum(-1).mean(0)  # B x T
+        per_module.append(skl[query_mask].sum())
+    return torch.stack(per_module).mean()
+
+
+def record_self_attention_inputs(layers):
+    """Keep (module, kwargs) of every self-attention call of these layers."""
+    calls = []
+    for layer in layers:
+        layer.self_attn.register_forward_pre_hook(
+            lambda module, args, kwargs: calls.append((module, {k: v for k, v in kwargs.items()})), with_kwargs=True)
+    return calls
+
+
+@pytest.mark.parametrize("family", ["lm", "roberta"])
+def test_attention_term_matches_a_recomputation_from_the_projections(corpora, family):
+    """beta > 0 on the decoder-only and encoder-only families: the logged attn_reg equals the
+    symmetric KL recomputed from each layer's q/k projections of the inputs the layer got
+    (causal mask for the language model, padding masks), within float32 rounding."""
+    if family == "lm":
+        task, model, criterion = build_lm(corpora, "--criterion", "lr_drop_label_smoothed_cross_entropy",
+                                          "--attention-dropout", "0.1", *weights(0, 1, 0))
+        layers, pad = model.decoder.layers, task.dictionary.pad()
+    else:
+        task, model, criterion = build_classifier(corpora, "--criterion", "lr_drop_sentence_prediction",
+                                                  "--dropout", "0.3", *weights(0, 1, 0))
+        layers, pad = model.encoder.sentence_encoder.layers, task.source_dictionary.pad()
+    sample = valid_batch(task)
+    tokens = sample["net_input"]["src_tokens"]
+    assert tokens.eq(pad).any()  # padded keys and queries are in the batch
+    calls = record_self_attention_inputs(layers)
+    model.train()
+    torch.manual_seed(9)
+    _, _, log = criterion(model, sample)
+    assert len(calls) == len(layers)
+    with torch.no_grad():
+        expected = attention_term(calls, tokens.ne(pad))
+    assert float(log["attn_reg"]) > 1e-4
+    torch.testing.assert_close(torch.as_tensor(log["attn_reg"]).float(), expected, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", ["lm", "roberta"])
+def test_padding_changes_no_term(corpora, family):
+    """Three more pad columns (right padding, as these tasks collate) change neither the loss
+    nor any logged term, for the decoder-only and encoder-only families (dropout 0; the passes
+    differ by a token-dependent offset on the second pass's embeddings)."""
+    if family == "lm":
+        task, model, criterion = build_lm(corpora, "--criterion", "lr_drop_label_smoothed_cross_entropy",
+                                          "--dropout", "0", *weights(1, 1, 1))
+        embedding, pad = model.decoder.embed_tokens, task.dictionary.pad()
+        keys = ("loss", "nll_loss", "hidden_reg", "attn_reg", "output_reg")
+    else:
+        task, model, criterion = build_classifier(corpora, "--criterion", "lr_drop_sentence_prediction",
+                                                  "--dropout", "0", *weights(1, 1, 1))
+        embedding, pad = model.encoder.sentence_encoder.embed_tokens, task.source_dictionary.pad()
+        keys = ("loss", "hidden_reg", "attn_reg", "output_reg")
+    perturb_second_pass(embedding)
+    model.train()
+    sample = valid_batch(task)
+    padded = {**sample, "net_input": {**sample["net_input"],
+                                      "src_tokens": F.pad(sample["net_input"]["src_tokens"], (0, 3), value=pad)}}
+    if family == "lm":
+        padded["target"] = F.pad(sample["target"], (0, 3), value=pad)
+    results = []
+    for s in (sample, padded):
+        torch.manual_seed(3)
+        results.append(criterion(model, s))
+    (loss, _, log), (padded_loss, _, padded_log) = results
+    torch.testing.assert_close(padded_loss, loss, rtol=1e-5, atol=1e-5)
+    for key in keys:
+        assert float(log[key]) > 1e-4, key
+        assert float(padded_log[key]) == pytest.approx(float(log[key]), rel=1e-5), key

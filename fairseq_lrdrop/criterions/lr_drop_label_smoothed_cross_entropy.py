@@ -24,7 +24,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 from fairseq_lrdrop.errors import UsageError
 from fairseq_lrdrop.losses import output_consistency, split_passes
 from fairseq_lrdrop.modules.layer_states import ATTENTION_MODULES, LayerStateRequest, warn_once
-from fairseq_lrdrop.output_head import fused_output_losses
+from fairseq_lrdrop.output_head import OutputHeadRequest
 
 from .layer_consistency import (
     LayerConsistency,
@@ -66,6 +66,16 @@ def _check_training_setup(model, two_passes: bool):
         )
     if two_passes:
         refuse_fully_sharded(model, NAME)
+
+
+def _inside_pytorch_ddp(model) -> bool:
+    """Whether torch's DistributedDataParallel wraps the model (--ddp-backend c10d /
+    pytorch_ddp), which reduces gradients only of the parameters its forward used."""
+    while model is not None:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            return True
+        model = getattr(model, "module", None)
+    return False
 
 
 def fused_head_unsupported(model) -> Optional[str]:
@@ -180,11 +190,10 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
         """Plain training (every weight 0): stock label_smoothed_cross_entropy, with the output
         projection, log-softmax and loss computed by the fused head (no N x V tensor held)
         where it serves the model and the loss is reduced; the stock code otherwise."""
-        head_weight = self._fused_head_weight(model) if reduce else None
-        if head_weight is None:
+        request = self._fused_head_request(model, sample["target"], output_weight=0.0) if reduce else None
+        if request is None:
             return super().forward(model, sample, reduce=reduce)
-        features = model(**sample["net_input"], features_only=True)[0]  # B x T x C
-        head, target = self._fused_head(features, head_weight, sample["target"], output_weight=0.0)
+        _, head = self._forward_with_head(model, sample["net_input"], {}, request)
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
             "loss": head.ce.data,
@@ -195,7 +204,7 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
         }
         if self.report_accuracy:
             logging_output["n_correct"] = utils.item(head.n_correct)
-            logging_output["total"] = utils.item(target.ne(self.padding_idx).sum())
+            logging_output["total"] = utils.item(request.scored_target().ne(self.padding_idx).sum())
         return head.loss, sample_size, logging_output
 
     def two_pass_losses(self, model, sample):
@@ -203,55 +212,57 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
         NLL summed over both passes, {term name: unweighted term}, argmax hits and real target
         rows of both passes). Unfused, every term keeps its own graph (bench/term_gradients.py
         takes each term's gradient from them); fused, only the loss has gradients."""
-        request = self.layers.request(model)
-        head_weight = self._fused_head_weight(model)
+        layer_request = self.layers.request(model)
+        head_request = self._fused_head_request(model, sample["target"], self.output_reg_weight)
         # [x; x] in one forward: two dropout masks, one kernel launch per op
         net_input = both_passes(sample["net_input"])
-        extra_args = {"layer_states": request} if request is not None else {}
-        if head_weight is not None:
-            extra_args["features_only"] = True
-        net_output = model(**net_input, **extra_args)
-        layer_states = net_output[1].get("layer_states")
+        extra_args = {"layer_states": layer_request} if layer_request is not None else {}
         weights = {**self.layers.weights, "output_reg": self.output_reg_weight}
 
-        if head_weight is None:
+        if head_request is None:
+            net_output = model(**net_input, **extra_args)
+            layer_states = net_output[1].get("layer_states")
             doubled = {**sample, "target": torch.cat([sample["target"], sample["target"]])}
             lprobs, target = self.get_lprobs_and_target(model, net_output, doubled)  # 2N x V, 2N
             ce_loss, nll_loss = label_smoothed_nll_loss(lprobs, target, self.eps, ignore_index=self.padding_idx)
             terms = self.consistency_terms(lprobs, target, layer_states, sample["net_input"])
             real = target.ne(self.padding_idx)
             n_correct = lprobs.argmax(1).eq(target).masked_select(real).sum() if self.report_accuracy else None
-        else:
-            head, target = self._fused_head(net_output[0], head_weight, sample["target"], self.output_reg_weight)
-            ce_loss, nll_loss, n_correct = head.ce, head.nll, head.n_correct
-            terms = self.consistency_terms(None, None, layer_states, sample["net_input"])
-            real = target.ne(self.padding_idx).repeat(2, 1)
-        loss = add_weighted(ce_loss if head_weight is None else head.loss, terms, weights)
-        if head_weight is not None and self.output_reg_weight > 0:
+            return add_weighted(ce_loss, terms, weights), ce_loss, nll_loss, terms, n_correct, real.sum()
+
+        net_output, head = self._forward_with_head(model, net_input, extra_args, head_request)
+        terms = self.consistency_terms(None, None, net_output[1].get("layer_states"), sample["net_input"])
+        loss = add_weighted(head.loss, terms, weights)
+        if self.output_reg_weight > 0:
             terms["output_reg"] = head.skl  # for the log; its gradient is in head.loss
-        return loss, ce_loss, nll_loss, terms, n_correct, real.sum()
+        real = head_request.scored_target().ne(self.padding_idx).sum() * 2
+        return loss, head.ce, head.nll, terms, head.n_correct, real
 
-    def _fused_head(self, features, head_weight, target, output_weight):
-        """The fused head on the decoder's features (P*B x T x C for P passes) and the target of
-        one pass (B x T), after --ignore-prefix-size -> (HeadLosses, the target it scored)."""
-        if self.ignore_prefix_size > 0:
-            features = features[:, self.ignore_prefix_size:, :]
-            target = target[:, self.ignore_prefix_size:]
-        head = fused_output_losses(features.reshape(-1, features.size(-1)), head_weight, target.reshape(-1),
-                                   self.padding_idx, self.eps, output_weight, self.report_accuracy)
-        return head, target
+    def _forward_with_head(self, model, net_input, extra_args, request: OutputHeadRequest):
+        """The training forward with the fused head -> (net_output with the decoder's features,
+        HeadLosses). A model with LayerStatesModelMixin runs the head inside its own forward
+        (DistributedDataParallel then sees the projection used); a stock model returns its
+        features and the head runs here (_fused_head_request keeps stock models out of DDP)."""
+        if getattr(unwrap(model), "runs_output_head", False):
+            net_output = model(**net_input, **extra_args, output_head=request)
+            return net_output, net_output[1]["output_head"]
+        net_output = model(**net_input, **extra_args, features_only=True)
+        return net_output, request.losses(net_output[0], unwrap(model).decoder.output_projection.weight)
 
-    def _fused_head_weight(self, model):
-        """The output projection's weight when the fused head computes exactly what the
-        model's output layer and log-softmax give; None (the unfused path) otherwise, with the
-        reason logged once."""
+    def _fused_head_request(self, model, target, output_weight) -> Optional[OutputHeadRequest]:
+        """The fused head's request when it computes exactly what the model's output layer
+        and log-softmax give; None (the unfused path) otherwise, with the reason logged once."""
         if not self.fused_output_head:
             return None
         reason = fused_head_unsupported(unwrap(model))
+        if reason is None and _inside_pytorch_ddp(model) and not getattr(unwrap(model), "runs_output_head", False):
+            reason = (f"{type(unwrap(model)).__name__} runs inside DistributedDataParallel and cannot run the "
+                      "head in its own forward; an lr_drop_* architecture can")
         if reason is not None:
             warn_once(f"fused output head off ({reason}): the logits are computed in full")
             return None
-        return unwrap(model).decoder.output_projection.weight
+        return OutputHeadRequest(target, self.padding_idx, self.eps, output_weight, self.report_accuracy,
+                                 self.ignore_prefix_size)
 
     def consistency_terms(self, lprobs, target, layer_states, net_input):
         """The weighted-in regularization terms (float32 sums over positions); the output

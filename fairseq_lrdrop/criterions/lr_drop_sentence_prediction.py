@@ -79,16 +79,18 @@ class LRDropSentencePredictionCriterion(SentencePredictionCriterion):
             f"model must provide the classification head {self.classification_head_name!r} "
             f"for --criterion {NAME}"
         )
-        loss, task_loss, terms, logits = self.two_pass_losses(model, sample)
+        loss, task_loss, terms, penalties, logits = self.two_pass_losses(model, sample)
         targets = model.get_targets(sample, [logits]).view(-1)
         sample_size = targets.numel()
         logging_output = {
-            # the optimised task loss covers both passes: log it per pass, on stock's scale
-            "loss": task_loss.data / 2,
+            # the optimised task loss covers both passes: log it per pass, on stock's scale,
+            # plus stock's pruning penalties, which the loss holds once (as stock's does)
+            "loss": task_loss.data / 2 + sum(penalty.data for penalty in penalties.values()),
             "ntokens": sample["ntokens"],
             "nsentences": sample_size,
             "sample_size": sample_size,
         }
+        logging_output.update({name: penalty.data for name, penalty in penalties.items()})
         for name, value in terms.items():
             logging_output[name] = value.data
         if not self.regression_target:
@@ -97,7 +99,8 @@ class LRDropSentencePredictionCriterion(SentencePredictionCriterion):
 
     def two_pass_losses(self, model, sample):
         """One training forward over [x; x] -> (the loss to optimise, the task loss summed over
-        both passes, {term name: unweighted term}, the 2B x C logits)."""
+        both passes, {term name: unweighted term}, {stock penalty name: penalty}, the 2B x C
+        logits)."""
         request = self.layers.request(model)
         net_input = both_passes(sample["net_input"])
         extra_args = {"layer_states": request} if request is not None else {}
@@ -119,12 +122,15 @@ class LRDropSentencePredictionCriterion(SentencePredictionCriterion):
             terms["output_reg"] = output_term
         weights = {**self.layers.weights, "output_reg": self.output_reg_weight}
         loss = add_weighted(task_loss, terms, weights)
-        # stock's optional adaptive-pruning penalties (roberta --mha-reg-scale-factor ...)
-        for factor, penalty in (("mha_reg_scale_factor", "_get_adaptive_head_loss"),
-                                ("ffn_reg_scale_factor", "_get_adaptive_ffn_loss")):
+        # stock's optional pruning penalties (roberta --mha-reg-scale-factor, --ffn-reg-scale-factor),
+        # under stock's log names
+        penalties = {}
+        for factor, penalty, name in (("mha_reg_scale_factor", "_get_adaptive_head_loss", "mha_reg_loss"),
+                                      ("ffn_reg_scale_factor", "_get_adaptive_ffn_loss", "ffn_reg_loss")):
             if getattr(getattr(model, "args", None), factor, 0.0) != 0.0:
-                loss = loss + getattr(model, penalty)()
-        return loss, task_loss, terms, logits
+                penalties[name] = getattr(model, penalty)()
+                loss = loss + penalties[name]
+        return loss, task_loss, terms, penalties, logits
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
