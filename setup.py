@@ -21,6 +21,8 @@ setup(
     ],
     extras_require={
         "examples": ["sacremoses", "rouge-score", "matplotlib", "tensorboardX", "scikit-learn", "scipy"],
-        "test": ["pytest", "pytest-xdist", "hypothesis"],
+        # fairseq_lrdrop.import_bert (safetensors) and fairseq's --bpe bert tokenizer (transformers)
+        "bert": ["safetensors>=0.4", "transformers>=4.41"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "safetensors>=0.4", "transformers>=4.41", "tokenizers"],
     },
 )

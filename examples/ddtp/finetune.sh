@@ -21,6 +21,11 @@
 #   SAVE_DIR=runs/ddtp-nlu/$TASK-$SIZE-$MODE-seed$SEED (runs/ddtp-nlu-scratch/... with
 #                             PRETRAINED=none, so that a pre-trained run's result is not reused)
 #   model: LAYERS=2 EMBED_DIM=128 FFN_DIM=512 HEADS=4 MAX_POSITIONS=128 (as pre-trained)
+#   IMPORTED=                 a BERT-family model imported with fairseq_lrdrop.import_bert
+#                             (--num-classes = this task's): its finetune_flags.txt replaces
+#                             the model knobs and PRETRAINED, and pairs get no separator token
+#                             ([CLS] a [SEP] b [SEP]); DATA_DIR must then hold data binarized
+#                             with its dict.txt (examples/ddtp/nlu_bert.py)
 #   MAX_EPOCH=10 BATCH_SIZE=32 LR=2e-4 WARMUP_RATIO=0.06 DROPOUT=0.1 SEED=1
 #   THREADS=                  torch threads (empty: torch's default)
 #   PYTHON=python (the venv's)
@@ -39,7 +44,7 @@ RUNS=runs/ddtp-nlu
 [[ "$PRETRAINED" == none ]] && RUNS=runs/ddtp-nlu-scratch
 SAVE_DIR="${SAVE_DIR:-$RUNS/$TASK-$SIZE-$MODE-seed$SEED}"
 MAX_EPOCH="${MAX_EPOCH:-10}" BATCH_SIZE="${BATCH_SIZE:-32}" LR="${LR:-2e-4}" WARMUP_RATIO="${WARMUP_RATIO:-0.06}"
-DROPOUT="${DROPOUT:-0.1}" THREADS="${THREADS:-}" PYTHON="${PYTHON:-python}"
+DROPOUT="${DROPOUT:-0.1}" THREADS="${THREADS:-}" PYTHON="${PYTHON:-python}" IMPORTED="${IMPORTED:-}"
 
 die() { echo "error: $*" >&2; exit 1; }
 case "$TASK" in classification|pairs) ;; *) die "TASK=$TASK: choose classification or pairs" ;; esac
@@ -57,7 +62,8 @@ done
 for knob in MAX_EPOCH BATCH_SIZE SEED; do [[ "${!knob}" =~ ^[1-9][0-9]*$|^0$ ]] || die "$knob must be a whole number, got '${!knob}'"; done
 DATA_BIN="$DATA_DIR/bin/$TASK-$SIZE"
 [[ -f "$DATA_BIN/label/dict.txt" && -f "$DATA_BIN/input0/train.idx" ]] || die "$DATA_BIN/input0 or label missing (run: TRAIN_SIZES=\"... $SIZE\" bash examples/ddtp/prepare-nlu.sh, or set DATA_DIR)"
-[[ "$PRETRAINED" == none || -s "$PRETRAINED" ]] || die "PRETRAINED=$PRETRAINED missing (run: bash examples/ddtp/pretrain.sh, or PRETRAINED=none)"
+[[ -n "$IMPORTED" || "$PRETRAINED" == none || -s "$PRETRAINED" ]] || die "PRETRAINED=$PRETRAINED missing (run: bash examples/ddtp/pretrain.sh, or PRETRAINED=none)"
+[[ -z "$IMPORTED" || -s "$IMPORTED/finetune_flags.txt" ]] || die "IMPORTED=$IMPORTED has no finetune_flags.txt (run: python -m fairseq_lrdrop.import_bert MODEL_DIR $IMPORTED --num-classes N)"
 RESTORE=(--restore-file "$PRETRAINED")
 [[ "$PRETRAINED" == none ]] && RESTORE=()
 if [[ -s "$SAVE_DIR/result.json" ]]; then cat "$SAVE_DIR/result.json"; exit 0; fi
@@ -71,11 +77,17 @@ WARMUP=$("$PYTHON" -c "print(max(1, int($TOTAL_UPDATES * $WARMUP_RATIO)))")
 DEVICE=()
 [[ "$("$PYTHON" -c 'import torch; print(torch.cuda.is_available())')" == True ]] || DEVICE=(--cpu)
 
+if [[ -n "$IMPORTED" ]]; then
+  read -ra MODEL < "$IMPORTED/finetune_flags.txt"   # --restore-file, --arch and its shapes, --task, --num-classes
+  [[ " ${MODEL[*]} " == *" --num-classes $CLASSES "* ]] || die "IMPORTED=$IMPORTED was imported for another number of classes than $DATA_BIN/label's $CLASSES (rerun the import with --num-classes $CLASSES)"
+else
+  MODEL=(--task sentence_prediction --arch lr_drop_roberta "${ENCODER_ARGS[@]}" --num-classes "$CLASSES"
+    --init-token 0 --separator-token 2 "${RESTORE[@]}" --reset-optimizer --reset-dataloader --reset-meters)
+fi
+
 rm -rf "$SAVE_DIR"; mkdir -p "$SAVE_DIR"
 CMD=("$PYTHON" -m fairseq_cli.train "$DATA_BIN" --user-dir "$REPO/fairseq_lrdrop"
-  --task sentence_prediction --arch lr_drop_roberta "${ENCODER_ARGS[@]}" --num-classes "$CLASSES"
-  --init-token 0 --separator-token 2 --shorten-method truncate "${CRITERION[@]}"
-  "${RESTORE[@]}" --reset-optimizer --reset-dataloader --reset-meters --reset-lr-scheduler
+  "${MODEL[@]}" --reset-lr-scheduler --shorten-method truncate "${CRITERION[@]}"
   --dropout "$DROPOUT" --attention-dropout "$DROPOUT"
   --optimizer adam --adam-betas '(0.9,0.98)' --adam-eps 1e-06 --weight-decay 0.1 --clip-norm 0.0
   --lr-scheduler polynomial_decay --lr "$LR" --warmup-updates "$WARMUP" --total-num-update "$TOTAL_UPDATES"
