@@ -12,7 +12,7 @@ The gradients are written straight into one buffer of the doubled tensor's shape
 [x; x] with autograd would make the backward pass concatenate two half-size gradients.
 Nothing here imports fairseq.
 """
-from typing import Iterable, Tuple
+from typing import Iterable, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -181,6 +181,16 @@ class _SymmetricKLFromProbs(torch.autograd.Function):
         return grad_in
 
 
+def summed_row_distance(rows: Tensor, query_mask: Tensor) -> Tensor:
+    """One attention module's distance from its per-row distances: mean over heads, summed
+    over real query positions.
+
+    rows: H x B x T distances between the two passes' attention rows (row_skl / row_squared).
+    query_mask: B x T, True at real query positions.
+    """
+    return torch.where(query_mask, rows.mean(0), 0.0).sum()
+
+
 def attention_distance(probs: Tensor, query_mask: Tensor) -> Tensor:
     """One attention module's distance: symmetric KL between the two passes' attention
     distributions (each query row is a distribution over keys), summed over real query
@@ -189,8 +199,7 @@ def attention_distance(probs: Tensor, query_mask: Tensor) -> Tensor:
     probs: H x 2B x T x S attention probabilities on [x; x]; padded keys hold probability 0.
     query_mask: B x T, True at real query positions.
     """
-    kl = _SymmetricKLFromProbs.apply(_wide(probs)).mean(0)  # B x T, mean over heads
-    return torch.where(query_mask, kl, 0.0).sum()
+    return summed_row_distance(_SymmetricKLFromProbs.apply(_wide(probs)), query_mask)
 
 
 def attention_squared_distance(probs: Tensor, query_mask: Tensor) -> Tensor:
@@ -204,11 +213,257 @@ def attention_squared_distance(probs: Tensor, query_mask: Tensor) -> Tensor:
     query_mask: B x T, True at real query positions.
     """
     first, second = split_passes(_wide(probs), 1)
-    squared = (first - second).pow(2).sum(-1).mean(0)  # B x T, mean over heads
-    return torch.where(query_mask, squared, 0.0).sum()
+    return summed_row_distance(row_squared(first, second), query_mask)
 
 
 ATTENTION_DISTANCES = {"skl": attention_distance, "mse": attention_squared_distance}
+
+
+def attention_row_distances(probs: Tensor, distance: str) -> Tensor:
+    """H x 2B x T x S probabilities on [x; x] -> H x B x T distances between the two passes'
+    rows: "skl" (symmetric KL, as attention_distance) or "mse" (as attention_squared_distance)."""
+    if distance == "skl":
+        return _SymmetricKLFromProbs.apply(_wide(probs))
+    first, second = split_passes(_wide(probs), 1)
+    return row_squared(first, second)
+
+
+# ---------------------------------------------------------------------------------------------
+# The attention term without holding the maps: attention core and row distances in one
+# function, computed over blocks of query rows, the probabilities recomputed in backward.
+# ---------------------------------------------------------------------------------------------
+
+
+def row_skl(p: Tensor, q: Tensor) -> Tensor:
+    """... x S probabilities of the two passes -> ... values 0.5 * sum_k (p_k - q_k) log(p_k / q_k),
+    logs of probabilities clamped at the smallest normal float32 (as _SymmetricKLFromProbs)."""
+    log_ratio = p.clamp_min(_TINY).log_().sub_(q.clamp_min(_TINY).log_())
+    return 0.5 * (p - q).mul_(log_ratio).sum(-1)
+
+
+def row_skl_grad_times_probs(p: Tensor, q: Tensor, grad: Tensor) -> Tuple[Tensor, Tensor]:
+    """p * d(row_skl)/dp and q * d(row_skl)/dq for the incoming gradient grad (one per row), the
+    form the softmax backward takes (d/ds = p * g - p * sum(p * g)), without dividing by p:
+    p * d/dp = 0.5 g (p log(p/q) + p - q), q * d/dq = -0.5 g (q log(p/q) + p - q).
+    (_SymmetricKLFromProbs drops the p - q part where p underflows below float32's smallest
+    normal; with both passes under the same masks that happens only where p = q = 0.)"""
+    log_ratio = p.clamp_min(_TINY).log_().sub_(q.clamp_min(_TINY).log_())
+    half, common = 0.5 * grad.unsqueeze(-1), p - q
+    return (p * log_ratio).add_(common).mul_(half), (q * log_ratio).add_(common).mul_(half.neg())
+
+
+def row_squared(p: Tensor, q: Tensor) -> Tensor:
+    """... x S rows of the two passes -> ... values sum_k (p_k - q_k)^2."""
+    return (p - q).pow(2).sum(-1)
+
+
+def row_squared_grad_times_probs(p: Tensor, q: Tensor, grad: Tensor) -> Tuple[Tensor, Tensor]:
+    """p * d(row_squared)/dp and q * d(row_squared)/dq: d/dp = 2 g (p - q) = -d/dq."""
+    grad_p = (p - q).mul_(2 * grad.unsqueeze(-1))
+    return p * grad_p, q * grad_p.neg_()
+
+
+ROW_DISTANCES = {"skl": (row_skl, row_skl_grad_times_probs), "mse": (row_squared, row_squared_grad_times_probs)}
+
+
+def dropout_keep_mask(shape, p: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The keep mask (bool) that F.dropout(x, p) draws for an x of this shape and dtype, from
+    the same random numbers, so that the model trains exactly as with F.dropout."""
+    if device.type == "cpu":  # F.dropout on CPU draws empty_like(x).bernoulli_(1 - p)
+        return torch.empty(shape, dtype=torch.bool).bernoulli_(1 - p)
+    return torch.nn.functional.dropout(torch.ones(shape, dtype=dtype, device=device), p).ne(0)
+
+
+def _rng_state(device: torch.device):
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _redraw_keep_mask(state, shape, p, dtype, device) -> Tensor:
+    """dropout_keep_mask drawn again from a saved generator state, leaving the generator as it is."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state, device)
+        else:
+            torch.set_rng_state(state)
+        return dropout_keep_mask(shape, p, dtype, device)
+
+
+# One block of query rows holds about this many elements per pass on CPU, so that the block's
+# elementwise passes (softmax, distance, dropout) stay in cache; on a GPU one block is fastest.
+_CPU_ATTENTION_BLOCK = 2**20
+
+
+def _attention_blocks(batch: int, heads: int, tgt_len: int, src_len: int, device: torch.device):
+    """(batch items, query rows) slices of one pass covering batch x tgt_len, in blocks of about
+    _CPU_ATTENTION_BLOCK probabilities (all heads of an item stay in one block)."""
+    if device.type != "cpu":
+        return [(slice(0, batch), slice(0, tgt_len))]
+    rows = min(tgt_len, max(32, _CPU_ATTENTION_BLOCK // (heads * src_len)))
+    items = min(batch, max(1, _CPU_ATTENTION_BLOCK // (heads * rows * src_len)))
+    return [(slice(b, b + items), slice(t, t + rows))
+            for b in range(0, batch, items) for t in range(0, tgt_len, rows)]
+
+
+def _all_masked_rows(bias: Optional[Tensor], padding: Optional[Tensor], rows: int, tgt_len: int) -> Optional[Tensor]:
+    """N x T x 1, True at query rows whose keys are all masked (-inf in bias or padded), or None
+    when there are none. Counted from the masks (a small matmul), not from the N x T x S scores.
+
+    bias: T x S or None; padding: N x 1 x S or None; rows: N; tgt_len: T."""
+    if (bias is None or not torch.isneginf(bias).any()) and (padding is None or not padding.any()):
+        return None
+    allowed_by_bias = (~torch.isneginf(bias)).float() if bias is not None else None  # T x S
+    real_keys = (~padding[:, 0]).float() if padding is not None else None  # N x S
+    if allowed_by_bias is None:
+        seen = real_keys.sum(-1, keepdim=True).expand(rows, tgt_len)
+    elif real_keys is None:
+        seen = allowed_by_bias.sum(-1)[None].expand(rows, -1)
+    else:
+        seen = real_keys @ allowed_by_bias.t()  # N x T: keys each row may attend to (exact counts)
+    masked = seen.eq(0).unsqueeze(-1)
+    return masked if masked.any() else None
+
+
+def _block_probs(q: Tensor, k: Tensor, bias: Optional[Tensor], padding: Optional[Tensor],
+                 all_masked: Optional[Tensor]) -> Tensor:
+    """Attention probabilities of one block, as fairseq's explicit path and the recorder compute
+    them: scores q k^T (+ bias), -inf at padded keys, softmax in float32; a row whose keys are
+    all masked gets 0 (not softmax's NaN).
+
+    q: N x R x D (scaled), k: N x S x D, bias: R x S or None, padding: N x 1 x S (True at pads)
+    or None, all_masked: N x R x 1 or None. Returns N x R x S float32.
+    """
+    scores = torch.bmm(q, k.transpose(1, 2))
+    if bias is not None:
+        scores += bias
+    if padding is not None:
+        scores.masked_fill_(padding, float("-inf"))
+    if all_masked is None or not all_masked.any():
+        return torch.softmax(scores, dim=-1, dtype=torch.float32)
+    return torch.softmax(scores.masked_fill_(all_masked, 0.0), dim=-1, dtype=torch.float32).masked_fill_(all_masked, 0.0)
+
+
+def _dropout_scale(p: float, dtype: torch.dtype) -> float:
+    """1 / (1 - p) rounded as F.dropout's noise holds it: 1 / (1 - p) computed in `dtype`."""
+    return float(torch.ones((), dtype=dtype).div_(1 - p))
+
+
+class _AttentionWithRowDistance(torch.autograd.Function):
+    """Attention on [x; x] and the distance between the two passes' attention rows, without
+    keeping any float T x S map for backward.
+
+    Inputs (2B*H leading, pass 1 then pass 2, item-major as fairseq's heads): q 2BH x T x D
+    (already scaled), k 2BH x S x D, v 2BH x S x Dv; bias T x S (additive, e.g. the causal
+    mask) or None; padding 2BH x 1 x S (True at padded keys) or None.
+    Outputs: attended = dropout(P) v (2BH x T x Dv, q's dtype), rows = distance(P1, P2) per
+    row (BH x T, float32), head mean of P (2B x T x S, float32; empty unless asked).
+    Saves q, k, v and the dropout's keep mask (bool, on CPU, where drawing it again would cost
+    as much as the attention's matmuls) or the generator state to draw it again (elsewhere).
+    Backward recomputes P block by block and chains the gradients of the values, the dropout
+    and the distance through the softmax.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, padding, dropout_p, heads, distance, head_mean):
+        ctx.set_materialize_grads(False)
+        pairs, tgt_len, _ = q.shape
+        pairs //= 2
+        batch, src_len = pairs // heads, k.size(1)
+        row_distance = ROW_DISTANCES[distance][0]
+        dropout_state = _rng_state(q.device) if dropout_p > 0 else None
+        keep = dropout_keep_mask((2 * pairs, tgt_len, src_len), dropout_p, q.dtype, q.device) if dropout_p > 0 else None
+        scale = _dropout_scale(dropout_p, q.dtype) if dropout_p > 0 else 1.0
+        all_masked = _all_masked_rows(bias, padding, 2 * pairs, tgt_len)
+        attended = q.new_empty(2 * pairs, tgt_len, v.size(-1))
+        rows = q.new_empty(pairs, tgt_len, dtype=torch.promote_types(q.dtype, torch.float32))
+        mean = q.new_empty((2 * batch, tgt_len, src_len) if head_mean else (0,), dtype=rows.dtype)
+        for items, queries in _attention_blocks(batch, heads, tgt_len, src_len, q.device):
+            probs = []
+            for first in (0, batch):  # the block's items in pass 1, then in pass 2
+                index = slice((first + items.start) * heads, (first + items.stop) * heads)
+                block = _block_probs(q[index, queries], k[index], None if bias is None else bias[queries],
+                                     None if padding is None else padding[index],
+                                     None if all_masked is None else all_masked[index, queries])
+                if keep is None:
+                    dropped = block.to(q.dtype)
+                else:  # as F.dropout: P * (keep / (1 - p)), a new tensor (the block stays for the distance)
+                    dropped = block.to(q.dtype).mul(scale).mul_(keep[index, queries])
+                attended[index, queries] = torch.bmm(dropped, v[index])
+                if head_mean:
+                    mean[first + items.start:first + items.stop, queries] = block.unflatten(0, (-1, heads)).mean(1)
+                probs.append(block)
+            rows[items.start * heads:items.stop * heads, queries] = row_distance(*probs)
+        keep_saved = keep if keep is not None and q.device.type == "cpu" else None
+        ctx.save_for_backward(q, k, v, bias, padding, keep_saved)
+        ctx.setup = (dropout_p, dropout_state, heads, distance)
+        return attended, rows, mean
+
+    @staticmethod
+    @once_differentiable  # fairseq needs first derivatives only; a second one is an error, not 0
+    def backward(ctx, grad_attended, grad_rows, grad_mean):
+        q, k, v, bias, padding, keep = ctx.saved_tensors
+        dropout_p, dropout_state, heads, distance = ctx.setup
+        pairs, tgt_len, _ = q.shape
+        pairs //= 2
+        batch, src_len = pairs // heads, k.size(1)
+        distance_grad = ROW_DISTANCES[distance][1]
+        if keep is None and dropout_p > 0 and grad_attended is not None:
+            keep = _redraw_keep_mask(dropout_state, (2 * pairs, tgt_len, src_len), dropout_p, q.dtype, q.device)
+        scale = _dropout_scale(dropout_p, q.dtype) if dropout_p > 0 else 1.0
+        all_masked = _all_masked_rows(bias, padding, 2 * pairs, tgt_len)
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for items, queries in _attention_blocks(batch, heads, tgt_len, src_len, q.device):
+            indices = [slice((first + items.start) * heads, (first + items.stop) * heads) for first in (0, batch)]
+            blocks = [_block_probs(q[index, queries], k[index], None if bias is None else bias[queries],
+                                   None if padding is None else padding[index],
+                                   None if all_masked is None else all_masked[index, queries]) for index in indices]
+            # P * (gradient by P), float32, summed over the uses of P: the distance, the values
+            # (through the dropout) and the head mean; then the softmax backward
+            # d/ds = P * g - P * sum(P * g), which is 0 in masked rows and at masked keys (P = 0)
+            weighted = [None, None]
+            if grad_rows is not None:
+                weighted = list(distance_grad(blocks[0], blocks[1],
+                                              grad_rows[items.start * heads:items.stop * heads, queries]))
+            for side, (index, probs) in enumerate(zip(indices, blocks)):
+                grad = None
+                if grad_mean is not None:
+                    mean_rows = grad_mean[side * batch + items.start:side * batch + items.stop, queries]
+                    grad = (mean_rows / heads).repeat_interleave(heads, 0)
+                if grad_attended is not None:
+                    dropped = probs.to(q.dtype)
+                    grad_dropped = torch.bmm(grad_attended[index, queries], v[index].transpose(1, 2))
+                    if keep is not None:
+                        dropped = dropped.mul(scale).mul_(keep[index, queries])
+                        grad_dropped.mul_(scale).mul_(keep[index, queries])
+                    grad_v[index].baddbmm_(dropped.transpose(1, 2), grad_attended[index, queries])
+                    grad = grad_dropped.float() if grad is None else grad.add_(grad_dropped)
+                weighted_probs = weighted[side]
+                if grad is not None:
+                    grad.mul_(probs)
+                    weighted_probs = grad if weighted_probs is None else weighted_probs.add_(grad)
+                if weighted_probs is None:
+                    grad_q[index, queries] = 0.0
+                    continue
+                grad_scores = weighted_probs.sub_(probs * weighted_probs.sum(-1, keepdim=True)).to(q.dtype)
+                grad_q[index, queries] = torch.bmm(grad_scores, k[index])
+                grad_k[index].baddbmm_(grad_scores.transpose(1, 2), q[index, queries])
+        return grad_q, grad_k, grad_v, None, None, None, None, None, None
+
+
+def attention_with_row_distances(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], padding: Optional[Tensor],
+                                 dropout_p: float, heads: int, distance: str = "skl", head_mean: bool = False):
+    """Attention over [x; x] with the per-row distance between the two passes' attention
+    probabilities P1, P2, holding no T x S map for backward (see _AttentionWithRowDistance).
+
+    q: 2BH x T x D (scaled), k: 2BH x S x D, v: 2BH x S x Dv, pass 1 then pass 2, item-major;
+    bias: T x S additive mask or None; padding: 2BH x 1 x S, True at padded keys, or None;
+    dropout_p: attention dropout applied to P before the values (0: none).
+    Returns (dropout(P) v: 2BH x T x Dv, rows: H x B x T float32 distance(P1, P2) per row,
+    the mean of P over heads: 2B x T x S float32 if head_mean else None).
+    """
+    attended, rows, mean = _AttentionWithRowDistance.apply(
+        q.contiguous(), k.contiguous(), v.contiguous(), bias, padding, float(dropout_p), heads, distance, head_mean)
+    batch = q.size(0) // heads // 2
+    return attended, rows.view(batch, heads, -1).transpose(0, 1), mean if head_mean else None
 
 
 def hidden_state_consistency(layers: Iterable[Tuple[Tensor, Tensor]]) -> Tensor:

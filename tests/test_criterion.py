@@ -223,7 +223,7 @@ def test_only_chosen_layers_and_modules_are_recorded(data_bin):
     model.train()
     request = criterion.layer_state_request(model)
     assert request == LayerStateRequest(encoder_layers=(1,), decoder_layers=(), hidden_states=True,
-                                        attention_modules=("encoder_self",))
+                                        attention_modules=("encoder_self",), attention_maps="blockwise")
     _, _, log = _loss(criterion, model, batch(task))
     assert float(log["hidden_reg"]) > 0 and float(log["attn_reg"]) > 0
 
@@ -236,7 +236,7 @@ def test_half_precision_states_give_float32_terms(data_bin, dtype, close):
     dtype (exact for near-equal values; within the dtype's epsilon). Against the unrounded
     float32 states they differ only by the inputs' rounding (float16: 2e-3, bfloat16: 2e-2,
     relative; measured at most 4e-5 and 6e-4)."""
-    task, model, criterion = build(data_bin, dropout=0.3)
+    task, model, criterion = build(data_bin, dropout=0.3, extra=["--attn-reg-maps", "keep"])  # reads the maps
     model.train()
     sample = batch(task)
     torch.manual_seed(0)
@@ -482,7 +482,8 @@ def test_attn_distance_mse_reading_matches_its_formula(data_bin):
     from fairseq_lrdrop.losses import attention_squared_distance
 
     task, model, criterion = build(data_bin, dropout=0.2, extra=["--attn-distance", "mse", "--hidden-reg-weight", "0",
-                                                                  "--output-reg-weight", "0"])
+                                                                  "--output-reg-weight", "0",
+                                                                  "--attn-reg-maps", "keep"])  # reads the maps
     model.train()
     sample = batch(task, size=4)
     request = criterion.layer_state_request(model)

@@ -132,7 +132,7 @@ def test_language_model_records_causal_self_attention_only(corpora):
     from fairseq_lrdrop.modules.layer_states import LayerStates
 
     task, model, criterion = build_lm(corpora, "--criterion", "lr_drop_label_smoothed_cross_entropy",
-                                      "--label-smoothing", "0", *weights(0, 1, 0))
+                                      "--label-smoothing", "0", *weights(0, 1, 0), "--attn-reg-maps", "keep")
     sample = valid_batch(task)
     model.train()
     request = criterion.layer_state_request(model)

@@ -128,7 +128,7 @@ def test_layerdrop_skips_the_same_layers_in_both_passes(data_bin):
         for side, recorded in (("encoder", states.encoder_hidden), ("decoder", states.decoder_hidden)):
             ran_here = sorted(index for s, index in ran if s == side)
             assert sorted(recorded) == ran_here  # exactly the layers that ran ...
-            assert sorted(states.attention[f"{side}_self"]) == ran_here
+            assert sorted(states.attention_rows[f"{side}_self"]) == ran_here  # --attn-reg-maps blockwise
             dropped_any |= len(ran_here) < 4
         assert all(sizes == [2 * sample["nsentences"]] for sizes in ran.values())  # ... once, on [x; x]
         torch.manual_seed(seed)

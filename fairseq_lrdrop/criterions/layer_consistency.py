@@ -16,8 +16,14 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 
 from fairseq_lrdrop.errors import UsageError
-from fairseq_lrdrop.losses import ATTENTION_DISTANCES, attention_consistency, hidden_state_consistency
+from fairseq_lrdrop.losses import (
+    ATTENTION_DISTANCES,
+    attention_consistency,
+    hidden_state_consistency,
+    summed_row_distance,
+)
 from fairseq_lrdrop.modules.layer_states import (
+    ATTENTION_MAP_MODES,
     ATTENTION_MODULE_PLACES,
     ATTENTION_MODULES,
     HIDDEN_STATE_POINTS,
@@ -63,6 +69,15 @@ class LayerConsistencyConfig(FairseqDataclass):
         default="skl",
         metadata={"help": "distance between the two passes' attention rows in L_MHAR: symmetric "
                   "KL (skl) or squared error summed over keys (mse)"},
+    )
+    attn_reg_maps: ChoiceEnum(ATTENTION_MAP_MODES) = field(
+        default="blockwise",
+        metadata={"help": "how L_MHAR's gradient reaches the attention probabilities: blockwise (the "
+                  "recorded modules compute attention and the term over blocks of query rows and "
+                  "recompute the probabilities in backward from the saved queries and keys; no T x S "
+                  "map is held), checkpoint (the recorded modules run fairseq's explicit path under "
+                  "activation checkpointing) or keep (both passes' full maps are held for backward; "
+                  "the path before this flag)"},
     )
 
 
@@ -119,7 +134,8 @@ class LayerConsistency:
 
     def __init__(self, criterion: str, hidden_reg_weight=0.1, attn_reg_weight=0.1,
                  attn_reg_modules=",".join(ATTENTION_MODULES), reg_encoder_layers="all",
-                 reg_decoder_layers="all", hidden_state_point="layer_output", attn_distance="skl"):
+                 reg_decoder_layers="all", hidden_state_point="layer_output", attn_distance="skl",
+                 attn_reg_maps="blockwise"):
         self.criterion = criterion
         self.hidden_reg_weight = check_weight("--hidden-reg-weight", hidden_reg_weight)
         self.attn_reg_weight = check_weight("--attn-reg-weight", attn_reg_weight)
@@ -139,6 +155,10 @@ class LayerConsistency:
             raise UsageError(f"--attn-distance: choose from {'|'.join(sorted(ATTENTION_DISTANCES))} (got {distance!r})")
         self.hidden_state_point = point
         self.attn_distance = ATTENTION_DISTANCES[distance]
+        self.attn_distance_name = distance
+        if str(attn_reg_maps) not in ATTENTION_MAP_MODES:
+            raise UsageError(f"--attn-reg-maps: choose from {'|'.join(ATTENTION_MAP_MODES)} (got {attn_reg_maps!r})")
+        self.attn_reg_maps = str(attn_reg_maps)
         self._request = None
 
     @classmethod
@@ -201,6 +221,8 @@ class LayerConsistency:
             hidden_states=self.hidden_reg_weight > 0,
             attention_modules=modules,
             hidden_state_point=self.hidden_state_point,
+            attention_maps=self.attn_reg_maps,
+            attention_distance=self.attn_distance_name,
         )
         self._check_attention_path(stacks, request)
         return request
@@ -246,8 +268,15 @@ class LayerConsistency:
                 for name in self.attn_reg_modules
                 for probs in layer_states.attention[name].values()
             ]
-            if modules:
+            rows = [  # the modes that hold no maps: per-row distances, H x B x T
+                (distances, masks[ATTENTION_MODULE_PLACES[name][0]])
+                for name in self.attn_reg_modules
+                for distances in layer_states.attention_rows[name].values()
+            ]
+            if modules:  # --attn-reg-maps keep
                 terms["attn_reg"] = attention_consistency(modules, self.attn_distance)
+            elif rows:
+                terms["attn_reg"] = attention_consistency(rows, summed_row_distance)
         return terms
 
 

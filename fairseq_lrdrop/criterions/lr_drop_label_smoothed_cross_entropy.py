@@ -128,11 +128,12 @@ class LRDropLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterio
         hidden_state_point="layer_output",
         attn_distance="skl",
         no_fused_output_head=False,
+        attn_reg_maps="blockwise",
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         self.layers = LayerConsistency(
             NAME, hidden_reg_weight, attn_reg_weight, attn_reg_modules, reg_encoder_layers,
-            reg_decoder_layers, hidden_state_point, attn_distance,
+            reg_decoder_layers, hidden_state_point, attn_distance, attn_reg_maps,
         )
         self.output_reg_weight = check_weight("--output-reg-weight", output_reg_weight)
         self.fused_output_head = not no_fused_output_head
