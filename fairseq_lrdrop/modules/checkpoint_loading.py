@@ -39,16 +39,16 @@ import re
 import tarfile
 import threading
 import traceback
-import types
 import zipfile
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Any, Callable, List
+from typing import Any, List, Sequence, Tuple
 
 import numpy
 import torch
 
 from fairseq_lrdrop.errors import UsageError
+from fairseq_lrdrop.modules.stand_in import ModuleWith
 
 TRUSTED_CHECKPOINTS_ENV = "FAIRSEQ_LRDROP_TRUSTED_CHECKPOINTS"
 
@@ -76,7 +76,8 @@ def _numpy_globals() -> List[Any]:
 CHECKPOINT_GLOBALS: List[Any] = [argparse.Namespace, *_numpy_globals()]
 
 
-def _broadcast_globals() -> List[Any]:
+@functools.lru_cache(maxsize=None)
+def _broadcast_globals() -> Tuple[Any, ...]:
     """What fairseq's loader adds before rank 0 broadcasts a loaded checkpoint: the config as
     an OmegaConf DictConfig (with its metadata, nodes and the types they name) and
     placeholders for the tensors, which travel separately."""
@@ -85,9 +86,9 @@ def _broadcast_globals() -> List[Any]:
     from fairseq.distributed.utils import _TensorPlaceholder
     from omegaconf import DictConfig, ListConfig, base, nodes
 
-    return [*CHECKPOINT_GLOBALS, DictConfig, ListConfig, base.ContainerMetadata, base.Metadata,
+    return (*CHECKPOINT_GLOBALS, DictConfig, ListConfig, base.ContainerMetadata, base.Metadata,
             _TensorPlaceholder, nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode,
-            nodes.BooleanNode, defaultdict, dict, list, tuple, int, float, str, bool, (typing.Any, "typing.Any")]
+            nodes.BooleanNode, defaultdict, dict, list, tuple, int, float, str, bool, (typing.Any, "typing.Any"))
 
 
 def global_name(entry) -> str:
@@ -103,7 +104,7 @@ _ALLOW_LIST_LOCK = threading.RLock()
 
 
 @contextmanager
-def _allowed_globals(extra: List[Any]):
+def _allowed_globals(extra: Sequence[Any]):
     """torch's allow-list plus `extra` within the block (entries already there stay as they
     are), and sparse tensors checked against their shapes."""
     with _ALLOW_LIST_LOCK:
@@ -163,7 +164,7 @@ def _from_sparse_check(error: BaseException) -> bool:
                for frame in traceback.extract_tb(error.__traceback__))
 
 
-def _checked_load(source, what: str, extra: List[Any], trusted: bool, args, kwargs):
+def _checked_load(source, what: str, extra: Sequence[Any], trusted: bool, args, kwargs):
     """torch.load(source, ...) with torch's weights-only loader and `extra` allowed (full
     unpickling when trusted); every failure becomes one line naming `what`."""
     kwargs = {k: v for k, v in kwargs.items() if k not in ("weights_only", "pickle_module")}
@@ -222,19 +223,6 @@ def load_checkpoint_file(path):
     that rewrite checkpoints, e.g. examples/average_checkpoints.py)."""
     with open(path, "rb") as f:
         return load_checkpoint_data(f, map_location="cpu")
-
-
-class _ModuleWith(types.ModuleType):
-    """Stands for a module inside one fairseq module: every attribute is the module's own,
-    except those given."""
-
-    def __init__(self, module: types.ModuleType, **replaced):
-        super().__init__(module.__name__)
-        self._module = module
-        self.__dict__.update(replaced)
-
-    def __getattr__(self, name):
-        return getattr(self._module, name)
 
 
 def _remembering_checkpoint(load_checkpoint):
@@ -358,10 +346,10 @@ def install_safe_checkpoint_loading():
     from fairseq.trainer import Trainer
 
     for module, load in ((checkpoint_utils, load_checkpoint_data), (distributed_utils, load_broadcast_data)):
-        if not isinstance(module.torch, _ModuleWith):
-            module.torch = _ModuleWith(torch, load=load)
-    if not isinstance(file_utils.tarfile, _ModuleWith):
-        file_utils.tarfile = _ModuleWith(tarfile, open=CheckedTarFile.open)
+        if not isinstance(module.torch, ModuleWith):
+            module.torch = ModuleWith(torch, load=load)
+    if not isinstance(file_utils.tarfile, ModuleWith):
+        file_utils.tarfile = ModuleWith(tarfile, open=CheckedTarFile.open)
     if not getattr(Trainer.load_checkpoint, "lrdrop_remembers_checkpoint", False):
         Trainer.load_checkpoint = _remembering_checkpoint(Trainer.load_checkpoint)
     for name in EVAL_MODULES:

@@ -10,17 +10,10 @@ import types
 
 import numpy
 
+from fairseq_lrdrop.modules.stand_in import ModuleWith
+
 # fairseq modules that call np.compat.long (fairseq-fixed 0.12.3.1)
 NUMPY_COMPAT_MODULES = ("fairseq.data.token_block_dataset", "fairseq.data.language_pair_dataset")
-
-
-class _NumpyWithCompat(types.ModuleType):
-    """numpy, with numpy 1.x's `compat.long` (= int) added back."""
-
-    compat = types.SimpleNamespace(long=int)
-
-    def __getattr__(self, name):
-        return getattr(numpy, name)
 
 
 def install_numpy_compat():
@@ -30,4 +23,4 @@ def install_numpy_compat():
     for name in NUMPY_COMPAT_MODULES:
         module = importlib.import_module(name)
         if module.np is numpy:
-            module.np = _NumpyWithCompat("numpy")
+            module.np = ModuleWith(numpy, compat=types.SimpleNamespace(long=int))  # numpy 1.x's np.compat.long
