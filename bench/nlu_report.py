@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Tables of the DDTP fine-tuning study (bench/nlu_study.sh): per task and train-set size,
 test accuracy of baseline, R-Drop and LR-Drop over seeds (mean, sample standard deviation,
-every seed), its difference to the baseline with Welch's t-test (scipy), and training time;
-plus the valid accuracies that chose LR-Drop's weights.
+every seed), its difference to the baseline with Welch's t-test (scipy), the paired
+differences by seed (baseline vs R-Drop, baseline vs LR-Drop, R-Drop vs LR-Drop: mean, sd, and
+the paired t-test's p, with the number of such comparisons in the report for a Bonferroni
+reading), and training time; plus the valid accuracies that chose R-Drop's and LR-Drop's
+weights.
 
 Inputs:  --run-dir (default runs/ddtp-nlu): <task>-<size>-<mode>...-seed<k>/result.json (and
          diagnose-test.json beside it, bench/diagnose.py's entropies: its columns then show
-         the mean over seeds, "-" where any seed of the row lacks one), <task>-<size>-lrdrop-choice.txt
+         the mean over seeds, "-" where any seed of the row lacks one),
+         <task>-<size>-{rdrop,lrdrop}-choice.txt (the chosen weights, then every candidate's
+         "weights=valid accuracy")
 Outputs: RUN_DIR/report.md (printed too), RUN_DIR/report.json, and with --plot FILE a strip
          plot of test accuracy per seed (matplotlib)
 """
@@ -17,7 +22,7 @@ import os
 import statistics
 import sys
 
-from scipy.stats import ttest_ind
+from scipy.stats import ttest_ind, ttest_rel
 
 MODES = ("baseline", "rdrop", "lrdrop")
 NAMES = {"baseline": "baseline", "rdrop": "R-Drop", "lrdrop": "LR-Drop"}
@@ -41,12 +46,14 @@ def load_results(run_dir):
 
 def load(run_dir):
     results = load_results(run_dir)
-    choices = {}
-    for path in glob.glob(os.path.join(run_dir, "*-lrdrop-choice.txt")):
-        key = os.path.basename(path)[: -len("-lrdrop-choice.txt")]
-        with open(path) as fh:
-            fields = fh.read().split()
-        choices[key] = {"weights": fields[0], "valid": dict(f.split("=") for f in fields[1:])}
+    choices = {}   # {"<task>-<size>": {...}} for LR-Drop; {"<task>-<size>-rdrop": {...}} for R-Drop
+    for mode in ("lrdrop", "rdrop"):
+        for path in glob.glob(os.path.join(run_dir, "*-%s-choice.txt" % mode)):
+            key = os.path.basename(path)[: -len("-%s-choice.txt" % mode)]
+            with open(path) as fh:
+                fields = fh.read().split()
+            choices[key + ("-rdrop" if mode == "rdrop" else "")] = {
+                "weights": fields[0], "valid": dict(f.split("=") for f in fields[1:])}
     return results, choices
 
 
@@ -61,6 +68,22 @@ def compare(mode_values, baseline_values):
     if len(mode_values) < 2 or len(baseline_values) < 2:
         return diff, None
     return diff, float(ttest_ind(mode_values, baseline_values, equal_var=False).pvalue)
+
+
+def paired(runs, other_runs, key):
+    """Paired by seed (the seeds both sides ran): {"seeds", "diff_mean", "diff_std", "p"} of
+    runs - other_runs, p from the paired t-test (None below 2 pairs or with no spread)."""
+    mine = {r["seed"]: r[key] for r in runs}
+    theirs = {r["seed"]: r[key] for r in other_runs}
+    seeds = sorted(set(mine) & set(theirs))
+    if not seeds:
+        return None
+    diffs = [mine[s] - theirs[s] for s in seeds]
+    mean, std = summarize(diffs)
+    p = None
+    if len(seeds) > 1 and std > 0:
+        p = float(ttest_rel([mine[s] for s in seeds], [theirs[s] for s in seeds]).pvalue)
+    return {"seeds": seeds, "diff_mean": mean, "diff_std": std, "p": p}
 
 
 def entropy_means(runs):
@@ -90,6 +113,7 @@ def mode_row(runs, base, test_key, valid_key):
            "train_seconds_mean": statistics.mean(r["train_seconds"] for r in runs), **entropy_means(runs)}
     if base and runs[0]["mode"] != "baseline":
         row["diff"], row["p_welch"] = compare(test, [r[test_key] for r in base])
+        row["paired_vs_baseline"] = paired(runs, base, test_key)
         row["time_ratio"] = row["train_seconds_mean"] / statistics.mean(r["train_seconds"] for r in base)
     return row
 
@@ -103,9 +127,25 @@ def study(results, choices):
         if r["mode"] == "lrdrop" and key in choices and r["weights"] != choices[key]["weights"]:
             continue
         groups.setdefault(key, {}).setdefault(r["mode"], []).append(r)
-    return {key: {mode: mode_row(modes[mode], modes.get("baseline", []), "test_accuracy", "valid_accuracy")
-                  for mode in MODES if mode in modes}
-            for key, modes in sorted(groups.items())}
+    table = {key: {mode: mode_row(modes[mode], modes.get("baseline", []), "test_accuracy", "valid_accuracy")
+                   for mode in MODES if mode in modes}
+             for key, modes in sorted(groups.items())}
+    for key, modes in groups.items():
+        if "rdrop" in modes and "lrdrop" in modes:
+            table[key]["lrdrop"]["paired_vs_rdrop"] = paired(modes["lrdrop"], modes["rdrop"], "test_accuracy")
+    return table
+
+
+def paired_comparisons(table):
+    """[(task-size, "A - B", paired dict)] of every paired comparison the report makes."""
+    out = []
+    for key, modes in table.items():
+        for mode, against, name in (("rdrop", "paired_vs_baseline", "R-Drop - baseline"),
+                                    ("lrdrop", "paired_vs_baseline", "LR-Drop - baseline"),
+                                    ("lrdrop", "paired_vs_rdrop", "LR-Drop - R-Drop")):
+            if modes.get(mode, {}).get(against):
+                out.append((key, name, modes[mode][against]))
+    return out
 
 
 def entropy_cells(row):
@@ -128,8 +168,17 @@ def markdown(table, choices):
                 key, NAMES[mode], row["weights"], row["test_mean"], row["test_std"],
                 " ".join("%.1f" % v for v in row["test"]), diff, p, row["valid_mean"],
                 row["train_seconds_mean"], ratio, entropy_cells(row)))
+    comparisons = paired_comparisons(table)
+    if comparisons:
+        tested = sum(1 for _, _, c in comparisons if c["p"] is not None)
+        lines += ["", "Paired by seed (test accuracy, points); %d paired t-tests in this table, so "
+                  "p < %.4f is significant at 0.05 after Bonferroni:" % (tested, 0.05 / max(tested, 1)), "",
+                  "| task, train size | difference | seeds | mean ± sd | paired t p |", "|---|---|---:|---:|---:|"]
+        for key, name, c in comparisons:
+            lines.append("| %s | %s | %d | %+.2f ± %.2f | %s |" % (
+                key, name, len(c["seeds"]), c["diff_mean"], c["diff_std"], "" if c["p"] is None else "%.3f" % c["p"]))
     if choices:
-        lines += ["", "LR-Drop's weights, chosen on valid accuracy (seed 1):", "",
+        lines += ["", "Weights chosen on valid accuracy (first seed; R-Drop rows end in -rdrop):", "",
                   "| task, train size | valid accuracy per triple | chosen |", "|---|---|---|"]
         for key, choice in sorted(choices.items()):
             lines.append("| %s | %s | %s |" % (key, ", ".join("%s: %s" % kv for kv in choice["valid"].items()),

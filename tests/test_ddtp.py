@@ -426,6 +426,36 @@ def test_classification_labels_are_sections_split_by_source(sample, tmp_path):
         ddtp.main(["classification", "--en", sample["en"], "--out", str(tmp_path / "none")])
 
 
+def test_architecture_labels_are_all_or_any_from_the_synopsis_alone(sample, tmp_path):
+    # foo is amd64, foo-data all, libfoo1 i386 (any architecture but "all" is "any"), bar has
+    # no Architecture field (no label), qux no Packages entry
+    arches = {"foo": "amd64", "foo-data": "all", "libfoo1": "i386", "longone": "all"}
+    text = "".join(
+        "\n".join(line for line in para.split("\n") if not line.startswith("Architecture:"))
+        + ("\nArchitecture: %s" % arches[name] if name in arches else "") + "\n\n"
+        for para in PACKAGES.strip().split("\n\n") for name in [para.split("\n")[0].split(": ")[1]])
+    pk = _write(tmp_path / "Packages", text)
+    assert ddtp.read_architectures([pk])[1] == {"foo": "any", "foo-data": "all", "libfoo1": "any", "longone": "all"}
+    en = ddtp.read_translation([sample["en"]], "en")
+    examples, stats = ddtp.classification_examples(en, ddtp.read_architectures([pk]), max_words=100,
+                                                   synopsis_only=True)
+    # the synopsis alone: longone's 151-word description does not count against max_words;
+    # "bar tool" has two words (kept) but bar has no Architecture; qux no Packages entry
+    assert {pkgs[0]: (t, label) for _, pkgs, t, label in examples} == {
+        "foo": ("fast frobnicator", "any"), "foo-data": ("fast frobnicator (data files)", "all"),
+        "libfoo1": ("fast frobnicator (shared library)", "any"),
+        "longone": ("a tool with a very long paragraph", "all")}
+    assert stats["no_section"] == 2
+    out = tmp_path / "arch"
+    assert ddtp.main(["architecture", "--en", sample["en"], "--packages", pk, "--out", str(out),
+                      "--valid-size", "1", "--test-size", "1"]) == 0
+    inputs = [line for split in ("train", "valid", "test") for line in (out / f"{split}.input0").read_text().splitlines()]
+    labels = [line for split in ("train", "valid", "test") for line in (out / f"{split}.label").read_text().splitlines()]
+    assert sorted(zip(inputs, labels)) == sorted((t, label) for _, _, t, label in examples)
+    with pytest.raises(SystemExit, match="architecture needs a Packages index.*Architecture"):
+        ddtp.main(["architecture", "--en", sample["en"], "--out", str(tmp_path / "none")])
+
+
 def test_pairs_hold_one_positive_and_one_negative_from_another_source(tmp_path):
     n = 12
     en = "".join(f"Package: p{i}\nDescription-md5: {i:032d}\nDescription-en: english synopsis {i}\n long text {i}\n\n"

@@ -45,7 +45,7 @@ SECTIONS = ("libs", "devel", "doc")
 
 def write_indexes(directory, n_sources=30, seed=0):
     """Translation-en (plain), Translation-de (.gz) and Packages (plain, with a Section per
-    source package) for n_sources source packages with 1-2 binaries each: a few dozen
+    source package, Architecture all for the -data binaries and amd64 for the others) for n_sources source packages with 1-2 binaries each: a few dozen
     descriptions."""
     rng = random.Random(seed)
     en, de, pk = [], [], []
@@ -63,8 +63,9 @@ def write_indexes(directory, n_sources=30, seed=0):
                       % (pkg, md5, syn[0], body_en))
             de.append("Package: %s\nDescription-md5: %s\nDescription-de: %s\n%s\n"
                       % (pkg, md5, syn[1], body_de))
-            pk.append("Package: %s\n%sVersion: 1.0-1\nSection: %s\nDescription-md5: %s\n"
-                      % (pkg, "Source: pkg%d (1.0-1)\n" % s if b else "", SECTIONS[s % len(SECTIONS)], md5))
+            pk.append("Package: %s\n%sVersion: 1.0-1\nArchitecture: %s\nSection: %s\nDescription-md5: %s\n"
+                      % (pkg, "Source: pkg%d (1.0-1)\n" % s if b else "", "all" if b else "amd64",
+                         SECTIONS[s % len(SECTIONS)], md5))
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "t_main_i18n_Translation-en"), "w") as fh:
         fh.write("\n".join(en))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ONE_THREAD, USER_DIR, run_cli, train_inner
+from conftest import HANG_GUARD_S, ONE_THREAD, USER_DIR, run_cli, train_inner
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # transformers reads local directories only
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -445,3 +445,27 @@ def test_ddtp_fine_tuning_runs_from_the_import(tiny, tmp_path):
     log = (save / "train.out").read_text()
     assert f"Loaded checkpoint {out_dir / 'model.pt'} (epoch 1 @ 0 updates)" in log
     assert "deleting classification head" not in log
+
+
+def test_finetune_cost_times_the_three_modes_on_the_longest_batch(tiny, classification_data, tmp_path):
+    """bench/finetune_cost.py (issue 30's time and memory ratios at the imported model's shapes)
+    builds the import from its finetune_flags.txt, steps baseline, R-Drop and LR-Drop on one
+    batch of the longest train examples, and measures each one's memory in its own process."""
+    _, out_dir, _ = tiny
+    lengths = sorted((len(line.split()) for line in
+                      (classification_data.parent / "train.pieces").read_text().splitlines()), reverse=True)
+    out = tmp_path / "cost.json"
+    bench = str(Path(USER_DIR).parent / "bench" / "finetune_cost.py")
+    proc = subprocess.run([sys.executable, bench, "--imported", str(out_dir), "--data-bin", str(classification_data),
+                           "--batch-size", "4", "--steps", "2", "--warmup", "0", "--memory-steps", "1",
+                           "--threads", "1", "--json", str(out)], capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    # <s> pieces </s>: the 4 longest sentences, padded to the longest
+    assert result["tokens"] == sum(n + 2 for n in lengths[:4]) and result["padded_shape"] == [4, lengths[0] + 2]
+    assert sorted(result["rows"]) == ["baseline", "lrdrop", "rdrop"]
+    assert all(row["step_seconds"] > 0 and row["peak_rss_delta_mib"] > 0 for row in result["rows"].values())
+    assert "| lrdrop |" in proc.stdout and "x baseline" in proc.stdout
+    bad = subprocess.run([sys.executable, bench, "--imported", str(out_dir), "--data-bin", str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "--data-bin" in bad.stderr

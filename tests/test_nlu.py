@@ -248,6 +248,14 @@ def test_report_statistics_match_welchs_formula(tmp_path):
     assert row["p_welch"] == pytest.approx(2 * student_t.sf(abs(t), df))
     assert row["test_std"] == pytest.approx(math.sqrt(((63 - 63.3333) ** 2 + (64.5 - 63.3333) ** 2 + (62.5 - 63.3333) ** 2) / 2), rel=1e-4)
     assert row["time_ratio"] == pytest.approx(2.0)
+    # paired by seed: differences 3, 2.5, 1.5 -> mean 2.333, and the paired t-test's p
+    diffs = [x - y for x, y in zip(a, b)]
+    t_paired = statistics.mean(diffs) / (statistics.stdev(diffs) / math.sqrt(3))
+    pair = row["paired_vs_baseline"]
+    assert pair["seeds"] == [1, 2, 3] and pair["diff_mean"] == pytest.approx(2.3333333)
+    assert pair["p"] == pytest.approx(2 * student_t.sf(abs(t_paired), 2))
+    assert "| classification-1000 | R-Drop - baseline | 3 | +2.33 ± %.2f | %.3f |" % (statistics.stdev(diffs), pair["p"]) in report
+    assert "1 paired t-tests in this table, so p < 0.0500" in report
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 

@@ -26,7 +26,10 @@ with a space), target = synopsis.
 Classification (English index + Packages): input = the English description (synopsis and
 long description joined, at most --max-words words), label = the package's Section from the
 Packages index ("contrib/net" -> "net"); only the --top-classes most frequent sections of the
-pairs are kept (0: all). Pair classification (English + German index): input0 = an English
+pairs are kept (0: all). Architecture (English index + Packages): input = the English
+synopsis alone, label = "all" when the package's Architecture is all (the same files on every
+machine: scripts, data, documentation) and "any" otherwise (compiled per architecture). Pair
+classification (English + German index): input0 = an English
 synopsis, input1 = a German synopsis, label 1 when they are translations of each other
 (the same Description-md5) and 0 otherwise; each English synopsis gets one positive and one
 negative, the negative's German synopsis drawn (seeded by --salt) from another source
@@ -48,13 +51,14 @@ Without a Packages index the source name is guessed from the binary name (see
 Outputs (each file written to a temporary name and renamed, so an interrupted run never
 leaves a half-written file behind): OUT/{train,valid,test}.{en,de} (translation) or
 OUT/{train,valid,test}.{src,tgt} (summarization), OUT/{train,valid,test}.{input0,label}
-(classification) or .{input0,input1,label} (pairs), plus OUT/stats.json (with the label counts
+(classification, architecture) or .{input0,input1,label} (pairs), plus OUT/stats.json (with the label counts
 per split for the classification tasks), written last.
 
 CLI:
   ddtp.py translation   --index-dir DIR | --en F.. --de F.. [--packages F..]  --out DIR
   ddtp.py summarization --index-dir DIR | --en F..          [--packages F..]  --out DIR
   ddtp.py classification --index-dir DIR | --en F..         --packages F..    --out DIR [--top-classes N]
+  ddtp.py architecture  --index-dir DIR | --en F..         --packages F..    --out DIR
   ddtp.py pairs         --index-dir DIR | --en F.. --de F.. [--packages F..]  --out DIR
   ddtp.py pretraining   --index-dir DIR | --en F.. --de F.. --packages F..    --out DIR
                         [--top-classes N --pretrain-valid-size S]  (OUT/{train,valid}.{en,de})
@@ -233,18 +237,35 @@ def section_name(value):
     return value.strip().split("/")[-1]
 
 
-def read_sections(paths):
-    """Packages files -> (md5 -> section, package -> section)."""
+def read_labels(paths, field, value=str.strip):
+    """Packages files -> (md5 -> label, package -> label): value(the FIELD value) of each
+    paragraph that has the field (the first paragraph wins)."""
     by_md5, by_pkg = {}, {}
     for para in read_paragraphs(paths):
-        section = section_name(para.get("Section", ""))
-        if not section:
+        label = value(para.get(field, "")) if para.get(field, "").strip() else ""
+        if not label:
             continue
-        by_pkg.setdefault(para.get("Package", "").strip(), section)
+        by_pkg.setdefault(para.get("Package", "").strip(), label)
         md5 = para.get("Description-md5", "").strip()
         if md5:
-            by_md5.setdefault(md5, section)
+            by_md5.setdefault(md5, label)
     return by_md5, by_pkg
+
+
+def read_sections(paths):
+    """Packages files -> (md5 -> section, package -> section)."""
+    return read_labels(paths, "Section", section_name)
+
+
+def architecture_kind(value):
+    """Packages' Architecture value -> "all" (the same files on every machine: scripts, data,
+    documentation) or "any" (built per architecture: compiled code)."""
+    return "all" if value.strip() == "all" else "any"
+
+
+def read_architectures(paths):
+    """Packages files -> (md5 -> "all" | "any", package -> "all" | "any")."""
+    return read_labels(paths, "Architecture", architecture_kind)
 
 
 _SUFFIXES = (
@@ -350,10 +371,11 @@ def summarization_pairs(en, min_words=1, max_words=400, min_source_words=10):
     return pairs, stats
 
 
-def classification_examples(en, sections, max_words=100, top_classes=0):
-    """(md5, packages, description, section) per English description whose section is
-    known, the description at most max_words words; with top_classes > 0 only the that many
-    most frequent sections (ties: alphabetical) are kept."""
+def classification_examples(en, sections, max_words=100, top_classes=0, synopsis_only=False):
+    """(md5, packages, description, label) per English description whose label (a section,
+    or any other Packages label map such as read_architectures') is known, the description
+    (the synopsis alone with synopsis_only) at most max_words words; with top_classes > 0
+    only that many most frequent labels (ties: alphabetical) are kept."""
     by_md5, by_pkg = sections
     stats = collections.Counter()
     examples = []
@@ -362,7 +384,7 @@ def classification_examples(en, sections, max_words=100, top_classes=0):
         if section is None:
             stats["no_section"] += 1
             continue
-        text = " ".join([syn] + pars)
+        text = syn if synopsis_only else " ".join([syn] + pars)
         if not 2 <= len(text.split()) <= max_words:
             stats["dropped_length"] += 1
             continue
@@ -691,9 +713,12 @@ def _label_counts(splits):
             for split, rows in splits.items()}
 
 
-def _classification_data(en, pk_files, smap, max_words=100, top_classes=0):
-    """((description, section) per example, source package per example, stats)."""
-    examples, stats = classification_examples(en, read_sections(pk_files), max_words, top_classes)
+def _classification_data(en, pk_files, smap, max_words=100, top_classes=0, task="classification"):
+    """((text, label) per example, source package per example, stats) of the classification
+    task (description -> section) or the architecture task (synopsis -> all | any)."""
+    labels = read_architectures(pk_files) if task == "architecture" else read_sections(pk_files)
+    examples, stats = classification_examples(en, labels, max_words, top_classes,
+                                              synopsis_only=task == "architecture")
     sources = [smap.lookup(md5, pkgs) for md5, pkgs, _, _ in examples]
     return [(text, label) for _, _, text, label in examples], sources, stats
 
@@ -709,10 +734,10 @@ def _pair_data(en, de, smap, max_words=100):
 
 
 def build_classification(en_files, pk_files, out_dir, valid_size=0.02, test_size=0.02,
-                         max_words=100, max_pairs=0, salt="ddtp", top_classes=0):
+                         max_words=100, max_pairs=0, salt="ddtp", top_classes=0, task="classification"):
     en = read_translation(en_files, "en")
     smap = _source_map(pk_files)
-    texts, sources, stats = _classification_data(en, pk_files, smap, max_words, top_classes)
+    texts, sources, stats = _classification_data(en, pk_files, smap, max_words, top_classes, task)
     splits, sstats = split_pairs(texts, sources, valid_size, test_size, salt, max_pairs)
     stats.update(sstats)
     stats = dict(stats, descriptions_en=len(en), sources_guessed=smap.guessed,
@@ -796,7 +821,7 @@ def _size(text):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd")
-    for name in ("translation", "summarization", "classification", "pairs", "pretraining"):
+    for name in ("translation", "summarization", "classification", "architecture", "pairs", "pretraining"):
         p = sub.add_parser(name)
         p.add_argument("--index-dir", help="directory holding Translation-*/Packages files")
         p.add_argument("--en", nargs="+", help="Translation-en file(s)")
@@ -868,13 +893,13 @@ def main(argv=None):
         _, stats = build_summarization(en, pk, args.out, args.valid_size, args.test_size,
                                        args.min_words, args.max_words, args.max_pairs,
                                        args.salt)
-    elif args.cmd == "classification":
+    elif args.cmd in ("classification", "architecture"):
         en, _, pk = _inputs(args, False)
         if not pk:
-            raise SystemExit("error: classification needs a Packages index (--packages or --index-dir): "
-                             "the labels are its Section fields")
-        _, stats = build_classification(en, pk, args.out, args.valid_size, args.test_size,
-                                        args.max_words, args.max_pairs, args.salt, args.top_classes)
+            raise SystemExit("error: %s needs a Packages index (--packages or --index-dir): the labels "
+                             "are its %s fields" % (args.cmd, "Section" if args.cmd == "classification" else "Architecture"))
+        _, stats = build_classification(en, pk, args.out, args.valid_size, args.test_size, args.max_words,
+                                        args.max_pairs, args.salt, getattr(args, "top_classes", 0), args.cmd)
     elif args.cmd == "pairs":
         en, de, pk = _inputs(args, True)
         _, stats = build_pairs(en, de, pk, args.out, args.valid_size, args.test_size,

@@ -9,7 +9,8 @@
 #          test_accuracy, train_seconds, epochs}); a rerun with result.json present does nothing
 #
 # Environment knobs (default):
-#   TASK=classification       classification (10 Debian sections) | pairs (En-De synopsis match)
+#   TASK=classification       classification (10 Debian sections) | architecture (all or any,
+#                             from the synopsis) | pairs (En-De synopsis match)
 #   SIZE=1000                 train-set size binarized by prepare-nlu.sh (1000, 10000, all)
 #   MODE=lrdrop               baseline | rdrop | lrdrop
 #   HIDDEN_REG_WEIGHT=0.01 ATTN_REG_WEIGHT=0.01 OUTPUT_REG_WEIGHT=1.0   alpha, beta, gamma
@@ -47,7 +48,7 @@ MAX_EPOCH="${MAX_EPOCH:-10}" BATCH_SIZE="${BATCH_SIZE:-32}" LR="${LR:-2e-4}" WAR
 DROPOUT="${DROPOUT:-0.1}" THREADS="${THREADS:-}" PYTHON="${PYTHON:-python}" IMPORTED="${IMPORTED:-}"
 
 die() { echo "error: $*" >&2; exit 1; }
-case "$TASK" in classification|pairs) ;; *) die "TASK=$TASK: choose classification or pairs" ;; esac
+case "$TASK" in classification|architecture|pairs) ;; *) die "TASK=$TASK: choose classification, architecture or pairs" ;; esac
 case "$MODE" in
   baseline) CRITERION=(--criterion sentence_prediction); HIDDEN_REG_WEIGHT=0 ATTN_REG_WEIGHT=0 OUTPUT_REG_WEIGHT=0 ;;
   rdrop) HIDDEN_REG_WEIGHT=0 ATTN_REG_WEIGHT=0 ;;

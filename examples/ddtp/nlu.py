@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Binarize the DDTP classification, pair and pre-training text (ddtp.py's `classification`,
-`pairs` and `pretraining` outputs) for fairseq, with one sentencepiece vocabulary and one
+"""Binarize the DDTP classification, architecture, pair and pre-training text (ddtp.py's
+`classification`, `architecture`, `pairs` and `pretraining` outputs) for fairseq, with one sentencepiece vocabulary and one
 fairseq dictionary shared by pre-training (masked_lm, language_modeling) and fine-tuning
 (sentence_prediction), as a pre-trained RoBERTa and its fine-tuning data share theirs.
 
-Inputs:  --raw DIR holding classification/, pairs/, pretraining/ (ddtp.py outputs)
+Inputs:  --raw DIR holding classification/, architecture/, pairs/, pretraining/ (ddtp.py outputs)
 Outputs (--out DIR, built in DIR.tmp and renamed when complete):
   spm.model, spm.vocab        sentencepiece (unigram) trained on pretraining/train.{en,de}
   pretraining/                masked_lm data: train = English + German descriptions, valid;
@@ -13,7 +13,7 @@ Outputs (--out DIR, built in DIR.tmp and renamed when complete):
                               (train/valid from pretraining/, test = classification test inputs)
   lm-en-<N>/                  the same with N train descriptions drawn (seeded), for each N of
                               --lm-train-sizes; valid and test whole
-  classification-<N>/, pairs-<N>/   sentence_prediction data (input0/, input1/, label/) with
+  {classification,architecture,pairs}-<N>/  sentence_prediction data (input0/, input1/, label/) with
                               N train examples drawn (seeded) from the task's train split, or
                               every train example for N = all; valid and test always whole
   stats.json                  example counts and label counts per directory
@@ -33,7 +33,7 @@ import sys
 import sentencepiece as spm
 
 SPLITS = ("train", "valid", "test")
-TASK_COLUMNS = {"classification": ("input0",), "pairs": ("input0", "input1")}
+TASK_COLUMNS = {"classification": ("input0",), "architecture": ("input0",), "pairs": ("input0", "input1")}
 
 
 def read_lines(path):
@@ -149,7 +149,7 @@ def build(raw, out, train_sizes, subset_seed=1, vocab=8000, spm_max_sentences=30
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--raw", required=True, help="directory with classification/, pairs/, pretraining/")
+    ap.add_argument("--raw", required=True, help="directory with classification/, architecture/, pairs/, pretraining/")
     ap.add_argument("--out", required=True, help="output directory (replaced when complete)")
     ap.add_argument("--train-sizes", nargs="+", default=["1000", "10000", "all"])
     ap.add_argument("--lm-train-sizes", nargs="*", default=[],

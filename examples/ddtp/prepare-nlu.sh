@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Prepare the DDTP data of the encoder-only and decoder-only studies: a classification task
-# (a package's Section from its English description), a pair task (is this German synopsis a
-# translation of this English one?), and pre-training text (English and German descriptions of
-# the packages that both tasks put in train) for masked_lm and language_modeling, binarized
-# with one shared sentencepiece vocabulary and fairseq dictionary.
+# (a package's Section from its English description), an architecture task (is the package
+# built per machine architecture, or the same for all, from its English synopsis; for encoders
+# pre-trained elsewhere: the pre-training text below does not hold its valid/test packages
+# out), a pair task (is this German synopsis a translation of this English one?), and
+# pre-training text (English and German descriptions of the packages that the classification
+# and pair tasks put in train) for masked_lm and language_modeling, binarized with one shared
+# sentencepiece vocabulary and fairseq dictionary.
 #
 # Steps: 1. the Debian indexes through prepare.sh's apt route (FETCH_ONLY=1), or DDTP_INDEX_DIR
-#        2. ddtp.py classification / pairs / pretraining (split by source package)
+#        2. ddtp.py classification / architecture / pairs / pretraining (split by source package)
 #        3. nlu.py: sentencepiece, train subsets, fairseq-preprocess
 # A rerun with the same settings and index files does nothing; any change rebuilds steps 2-3
 # (a few minutes). Outputs appear only when complete (built under *.tmp, then renamed).
@@ -14,15 +17,15 @@
 # Inputs: network access to a Debian archive through apt, or DDTP_INDEX_DIR (a directory with
 #         Translation-en, Translation-de and Packages index files; see prepare.sh)
 # Outputs (under DATA_DIR):
-#   raw/{classification,pairs,pretraining}/   plain text splits + stats.json (ddtp.py)
+#   raw/{classification,architecture,pairs,pretraining}/   plain text splits + stats.json (ddtp.py)
 #   bin/                                      nlu.py's output: spm.model, pretraining/, lm-en[-<N>]/,
-#                                             classification-<N>/, pairs-<N>/, stats.json
+#                                             {classification,architecture,pairs}-<N>/, stats.json
 #
 # Environment knobs (default):
 #   DATA_DIR=data/ddtp-nlu
 #   DDTP_INDEX_DIR=, DDTP_URI=, DDTP_SUITE=, ...   as in prepare.sh
 #   VALID_SIZE=1000 TEST_SIZE=1000   examples per task (count >= 1, or a fraction < 1)
-#   MAX_WORDS=64                     longest description (classification) / synopsis (pairs)
+#   MAX_WORDS=64                     longest description (classification) / synopsis (architecture, pairs)
 #   TOP_CLASSES=10                   classification: the most frequent sections kept
 #   TRAIN_SIZES="1000 10000 all"     train-set sizes binarized per task (seeded subsets)
 #   LM_TRAIN_SIZES="1000"            language_modeling train subsets (bin/lm-en-<N>; bin/lm-en
@@ -70,7 +73,7 @@ INDEX_DIR="$(cd "$INDEX_DIR" && pwd)"
 "$PYTHON" "$HERE/ddtp.py" locate --index-dir "$INDEX_DIR" | grep -q '^Packages: /' \
   || die "no Packages index in $INDEX_DIR: the classification labels are its Section fields (copy it from the apt lists directory)"
 
-SIGNATURE="index=$INDEX_DIR@$("$PYTHON" "$HERE/ddtp.py" locate --index-dir "$INDEX_DIR" --fingerprint) valid=$VALID_SIZE test=$TEST_SIZE max_words=$MAX_WORDS top=$TOP_CLASSES sizes=$TRAIN_SIZES lm_sizes=$LM_TRAIN_SIZES subset_seed=$SUBSET_SEED pretrain_valid=$PRETRAIN_VALID_SIZE vocab=$SPM_VOCAB spm_max=$SPM_MAX_SENTENCES salt=$SPLIT_SALT"
+SIGNATURE="tasks=classification,architecture,pairs index=$INDEX_DIR@$("$PYTHON" "$HERE/ddtp.py" locate --index-dir "$INDEX_DIR" --fingerprint) valid=$VALID_SIZE test=$TEST_SIZE max_words=$MAX_WORDS top=$TOP_CLASSES sizes=$TRAIN_SIZES lm_sizes=$LM_TRAIN_SIZES subset_seed=$SUBSET_SEED pretrain_valid=$PRETRAIN_VALID_SIZE vocab=$SPM_VOCAB spm_max=$SPM_MAX_SENTENCES salt=$SPLIT_SALT"
 if [[ -f "$DATA_DIR/.done.nlu" && "$(cat "$DATA_DIR/.done.nlu")" == "$SIGNATURE" && -f "$DATA_DIR/bin/stats.json" ]]; then
   echo "NLU data cached in $DATA_DIR/bin"
   exit 0
@@ -81,10 +84,11 @@ rm -f "$DATA_DIR/.done.nlu"
 rm -rf "$DATA_DIR/raw.tmp"
 common=(--index-dir "$INDEX_DIR" --valid-size "$VALID_SIZE" --test-size "$TEST_SIZE" --max-words "$MAX_WORDS" --salt "$SPLIT_SALT")
 "$PYTHON" "$HERE/ddtp.py" classification "${common[@]}" --top-classes "$TOP_CLASSES" --out "$DATA_DIR/raw.tmp/classification"
+"$PYTHON" "$HERE/ddtp.py" architecture "${common[@]}" --out "$DATA_DIR/raw.tmp/architecture"
 "$PYTHON" "$HERE/ddtp.py" pairs "${common[@]}" --out "$DATA_DIR/raw.tmp/pairs"
 "$PYTHON" "$HERE/ddtp.py" pretraining "${common[@]}" --top-classes "$TOP_CLASSES" \
   --pretrain-valid-size "$PRETRAIN_VALID_SIZE" --out "$DATA_DIR/raw.tmp/pretraining"
-for task in classification pairs; do
+for task in classification architecture pairs; do
   for split in train valid test; do
     [[ -s "$DATA_DIR/raw.tmp/$task/$split.label" ]] || die "the $task $split split is empty (too little index data for VALID_SIZE=$VALID_SIZE TEST_SIZE=$TEST_SIZE?)"
   done
