@@ -300,7 +300,8 @@ def _attention_blocks(batch: int, heads: int, tgt_len: int, src_len: int, device
         return [(slice(0, batch), slice(0, tgt_len))]
     rows = min(tgt_len, max(32, _CPU_ATTENTION_BLOCK // (heads * src_len)))
     items = min(batch, max(1, _CPU_ATTENTION_BLOCK // (heads * rows * src_len)))
-    return [(slice(b, b + items), slice(t, t + rows))
+    # the last block of items stops at the batch: past it lie the other pass's items
+    return [(slice(b, min(b + items, batch)), slice(t, min(t + rows, tgt_len)))
             for b in range(0, batch, items) for t in range(0, tgt_len, rows)]
 
 

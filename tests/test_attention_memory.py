@@ -133,14 +133,19 @@ def _plain_attention(q, k, v, bias, padding, keep, dropout_p, heads, distance):
     return torch.bmm(dropped, v), losses.attention_row_distances(head_probs, distance), head_probs.mean(0)
 
 
-@pytest.mark.parametrize("distance, causal", [("skl", True), ("mse", True), ("skl", False)])
-def test_blockwise_attention_matches_autograd_over_many_blocks(monkeypatch, distance, causal):
-    """Blocks of 1 item x 32 query rows (the block size is lowered), padded keys, a causal bias
-    (with left pads: rows whose keys are all masked) or none (with an item all pads), dropout
-    and the head mean: outputs and the gradients of q, k, v equal plain autograd's over the
-    full maps."""
-    monkeypatch.setattr(losses, "_CPU_ATTENTION_BLOCK", 64)
+@pytest.mark.parametrize("distance, causal, items_per_block", [
+    ("skl", True, 1), ("mse", True, 1), ("skl", False, 1), ("skl", True, 2), ("mse", False, 2)])
+def test_blockwise_attention_matches_autograd_over_many_blocks(monkeypatch, distance, causal, items_per_block):
+    """Blocks of 1 item x 32 query rows, or of 2 items x every row, so that the last block
+    holds the batch's one remaining item (the block size is lowered), padded keys, a causal
+    bias (with left pads: rows whose keys are all masked) or none (with an item all pads),
+    dropout and the head mean: outputs and the gradients of q, k, v equal plain autograd's
+    over the full maps."""
     heads, batch, tgt_len, src_len, dim = 2, 3, 70, 70 if causal else 50, 4
+    monkeypatch.setattr(losses, "_CPU_ATTENTION_BLOCK", 64 if items_per_block == 1 else 2 * heads * tgt_len * src_len)
+    blocks = losses._attention_blocks(batch, heads, tgt_len, src_len, torch.device("cpu"))
+    assert (blocks[-1][0].start, blocks[-1][0].stop) == (2, 3)   # the batch's last item, not past it
+    assert {b.stop - b.start for b, _ in blocks} == ({1, 2} if items_per_block == 2 else {1})
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2 * batch * heads, n, dim, generator=g, requires_grad=True)
                for n in (tgt_len, src_len, src_len))
