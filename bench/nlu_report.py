@@ -26,6 +26,14 @@ from scipy.stats import ttest_ind, ttest_rel
 
 MODES = ("baseline", "rdrop", "lrdrop")
 NAMES = {"baseline": "baseline", "rdrop": "R-Drop", "lrdrop": "LR-Drop"}
+VARIANT_PREFIX = "lrdrop "   # a row of LR-Drop runs with other weights than the chosen ones
+
+
+def mode_name(mode):
+    """"LR-Drop", or "LR-Drop (0,0.01,1)" for a variant row."""
+    if mode.startswith(VARIANT_PREFIX):
+        return "LR-Drop (%s)" % mode[len(VARIANT_PREFIX):]
+    return NAMES[mode]
 
 
 def load_results(run_dir):
@@ -120,19 +128,26 @@ def mode_row(runs, base, test_key, valid_key):
 
 def study(results, choices):
     """{(task, size): {mode: {...}}} over the runs that count: baseline, R-Drop, and LR-Drop
-    with the weights chosen on valid (every run when no choice was recorded)."""
+    with the weights chosen on valid (every run when no choice was recorded); LR-Drop runs
+    with other weights (the grid's first-seed runs, or an ablation such as attention-only)
+    become variant rows "lrdrop <weights>" where at least two seeds ran them."""
     groups = {}
     for r in results:
         key = "%s-%s" % (r["task"], r["size"])
-        if r["mode"] == "lrdrop" and key in choices and r["weights"] != choices[key]["weights"]:
-            continue
-        groups.setdefault(key, {}).setdefault(r["mode"], []).append(r)
-    table = {key: {mode: mode_row(modes[mode], modes.get("baseline", []), "test_accuracy", "valid_accuracy")
-                   for mode in MODES if mode in modes}
-             for key, modes in sorted(groups.items())}
-    for key, modes in groups.items():
+        mode = r["mode"]
+        if mode == "lrdrop" and key in choices and r["weights"] != choices[key]["weights"]:
+            mode = VARIANT_PREFIX + r["weights"]
+        groups.setdefault(key, {}).setdefault(mode, []).append(r)
+    table = {}
+    for key, modes in sorted(groups.items()):
+        variants = sorted(m for m in modes if m.startswith(VARIANT_PREFIX) and len(modes[m]) > 1)
+        table[key] = {mode: mode_row(modes[mode], modes.get("baseline", []), "test_accuracy", "valid_accuracy")
+                      for mode in [m for m in MODES if m in modes] + variants}
         if "rdrop" in modes and "lrdrop" in modes:
             table[key]["lrdrop"]["paired_vs_rdrop"] = paired(modes["lrdrop"], modes["rdrop"], "test_accuracy")
+        for variant in variants:
+            if "lrdrop" in modes:
+                table[key][variant]["paired_vs_lrdrop"] = paired(modes[variant], modes["lrdrop"], "test_accuracy")
     return table
 
 
@@ -140,9 +155,13 @@ def paired_comparisons(table):
     """[(task-size, "A - B", paired dict)] of every paired comparison the report makes."""
     out = []
     for key, modes in table.items():
-        for mode, against, name in (("rdrop", "paired_vs_baseline", "R-Drop - baseline"),
-                                    ("lrdrop", "paired_vs_baseline", "LR-Drop - baseline"),
-                                    ("lrdrop", "paired_vs_rdrop", "LR-Drop - R-Drop")):
+        pairs = [("rdrop", "paired_vs_baseline", "R-Drop - baseline"),
+                 ("lrdrop", "paired_vs_baseline", "LR-Drop - baseline"),
+                 ("lrdrop", "paired_vs_rdrop", "LR-Drop - R-Drop")]
+        for variant in (m for m in modes if m.startswith(VARIANT_PREFIX)):
+            pairs += [(variant, "paired_vs_baseline", mode_name(variant) + " - baseline"),
+                      (variant, "paired_vs_lrdrop", mode_name(variant) + " - LR-Drop")]
+        for mode, against, name in pairs:
             if modes.get(mode, {}).get(against):
                 out.append((key, name, modes[mode][against]))
     return out
@@ -165,7 +184,7 @@ def markdown(table, choices):
             p = "%.3f" % row["p_welch"] if row.get("p_welch") is not None else ""
             ratio = "%.2fx" % row["time_ratio"] if "time_ratio" in row else ""
             lines.append("| %s | %s | %s | %.2f ± %.2f | %s | %s | %s | %.2f | %.0f s | %s | %s |" % (
-                key, NAMES[mode], row["weights"], row["test_mean"], row["test_std"],
+                key, mode_name(mode), row["weights"], row["test_mean"], row["test_std"],
                 " ".join("%.1f" % v for v in row["test"]), diff, p, row["valid_mean"],
                 row["train_seconds_mean"], ratio, entropy_cells(row)))
     comparisons = paired_comparisons(table)
@@ -194,12 +213,12 @@ def plot(table, path):
     keys = list(table)
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for x, mode in enumerate(m for m in MODES if m in table[key]):
+        for x, mode in enumerate(table[key]):
             row = table[key][mode]
             ax.scatter([x] * len(row["test"]), row["test"], alpha=0.7)
             ax.errorbar([x + 0.15], [row["test_mean"]], yerr=[row["test_std"]], fmt="o", color="black")
         ax.set_xticks(range(len(table[key])))
-        ax.set_xticklabels([NAMES[m] for m in MODES if m in table[key]])
+        ax.set_xticklabels([mode_name(m).replace(" (", "\n(") for m in table[key]], fontsize=8)
         ax.set_title(key)
         ax.set_ylabel("test accuracy (%)")
     fig.tight_layout()

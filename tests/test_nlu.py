@@ -279,3 +279,28 @@ def test_bad_input_is_one_line_before_work(tmp_path):
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and needle in errors[0], proc.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "d").exists()
+
+
+def test_report_shows_ablation_runs_as_variant_rows_paired_with_the_chosen_weights(tmp_path):
+    """LR-Drop runs with other weights than the valid choice (an attention-only or hidden-only
+    ablation over every seed) get their own rows, paired with the chosen LR-Drop by seed; a
+    grid's single first-seed run does not."""
+    accuracies = {("baseline", "0,0,0"): [70.0, 71.0, 72.0], ("lrdrop", "0.01,0.01,1"): [71.0, 73.0, 72.5],
+                  ("lrdrop", "0,0.01,1"): [72.0, 73.5, 74.0], ("lrdrop", "0.001,0.001,1"): [69.0]}
+    for (mode, weights), accs in accuracies.items():
+        for seed, acc in enumerate(accs, 1):
+            d = tmp_path / f"architecture-1000-{mode}-{weights}-seed{seed}"
+            d.mkdir()
+            (d / "result.json").write_text(json.dumps(dict(
+                task="architecture", size="1000", mode=mode, seed=seed, weights=weights, epochs=5,
+                valid_accuracy=acc, test_accuracy=acc, test_examples=100, train_seconds=10)))
+    (tmp_path / "architecture-1000-lrdrop-choice.txt").write_text("0.01,0.01,1 0.001,0.001,1=69.0 0.01,0.01,1=71.0\n")
+    assert nlu_report.main(["--run-dir", str(tmp_path)]) == 0
+    table = json.loads((tmp_path / "report.json").read_text())["table"]["architecture-1000"]
+    assert list(table) == ["baseline", "lrdrop", "lrdrop 0,0.01,1"]
+    variant = table["lrdrop 0,0.01,1"]
+    assert variant["test"] == [72.0, 73.5, 74.0] and variant["paired_vs_lrdrop"]["diff_mean"] == pytest.approx(1.0)
+    assert variant["paired_vs_baseline"]["diff_mean"] == pytest.approx(2.1666667)
+    report = (tmp_path / "report.md").read_text()
+    assert "| architecture-1000 | LR-Drop (0,0.01,1) - LR-Drop | 3 | +1.00 ± " in report
+    assert "3 paired t-tests in this table" in report   # LR-Drop - baseline, the variant against both
