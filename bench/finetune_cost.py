@@ -26,6 +26,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from bench import speed  # noqa: E402
 from bench.speed import _status_mib  # noqa: E402
 
 CRITERIA = {
@@ -70,7 +71,9 @@ def batch(task, size, how, seed=1):
     return dataset.collater([dataset[i] for i in indices])
 
 
-class Config:
+class Config(speed.Config):
+    """One criterion on the imported model; step() is bench/speed.py's (forward, backward, Adam)."""
+
     def __init__(self, name, args, shared=None):
         self.name = name
         self.task, self.model, self.criterion = setup(args.imported, args.data_bin, name,
@@ -79,12 +82,6 @@ class Config:
         self.optimizer = shared.optimizer if shared else torch.optim.Adam(self.model.parameters(), lr=1e-5)
         self.model.train()
         self.times = []
-
-    def step(self):
-        loss, sample_size, _ = self.criterion(self.model, self.sample)
-        (loss / sample_size).backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
 
 
 def peak_rss_delta(name, args):
