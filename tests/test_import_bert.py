@@ -383,7 +383,9 @@ def test_minilm_study_refuses_bad_knobs_before_work(tmp_path):
     first: one line, exit status 1, nothing written."""
     study = Path(USER_DIR).parent / "bench" / "minilm_study.sh"
     for knobs, line in (
-        (dict(TASKS="sentiment"), "error: TASKS entry 'sentiment': choose classification and/or pairs"),
+        (dict(TASKS="sentiment"), "error: TASKS entry 'sentiment': choose among classification, architecture, pairs"),
+        (dict(ABLATE="yes"), "error: ABLATE must be 0 or 1, got 'yes'"),
+        (dict(ABLATE_WEIGHTS="0.01"), "error: ABLATE_WEIGHTS '0.01' is not alpha,beta,gamma"),
         (dict(WEIGHT_GRID="0.01,0.01"), "error: WEIGHT_GRID entry '0.01,0.01' is not alpha,beta,gamma"),
         (dict(MODEL_DIR=str(tmp_path / "none")), f"error: MODEL_DIR={tmp_path / 'none'} has no config.json "
                                                   f"(a Hugging Face BERT directory)"),
