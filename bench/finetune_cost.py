@@ -27,7 +27,6 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench import speed  # noqa: E402
-from bench.speed import _status_mib  # noqa: E402
 
 CRITERIA = {
     "baseline": ["--criterion", "sentence_prediction"],
@@ -122,13 +121,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     if args.memory_of:
-        config = Config(args.memory_of, args)
-        with open("/proc/self/clear_refs", "w") as fh:   # reset the peak mark (VmHWM)
-            fh.write("5")
-        start = _status_mib("VmRSS")
-        for _ in range(args.memory_steps):
-            config.step()
-        print(json.dumps(_status_mib("VmHWM") - start))
+        print(json.dumps(speed.peak_rss_growth(Config(args.memory_of, args), args.memory_steps)))
         return 0
 
     configs = []

@@ -182,14 +182,18 @@ def cpu_peak_rss_delta(name, preset, dtype, extra, steps=3):
 
 
 def measure_own_memory(name, preset, dtype, steps, extra):
-    config = Config(name, preset, torch.device("cpu"), dtype, extra)
+    print(json.dumps(peak_rss_growth(Config(name, preset, torch.device("cpu"), dtype, extra), steps)))
+
+
+def peak_rss_growth(config, steps):
+    """Peak resident set growth (MiB) of this process over `steps` steps of config."""
     # Reset the kernel's peak-RSS mark (VmHWM), so start-up transients do not count.
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     start = _status_mib("VmRSS")
     for _ in range(steps):
         config.step()
-    print(json.dumps(_status_mib("VmHWM") - start))
+    return _status_mib("VmHWM") - start
 
 
 def _status_mib(field):

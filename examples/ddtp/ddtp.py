@@ -242,7 +242,8 @@ def read_labels(paths, field, value=str.strip):
     paragraph that has the field (the first paragraph wins)."""
     by_md5, by_pkg = {}, {}
     for para in read_paragraphs(paths):
-        label = value(para.get(field, "")) if para.get(field, "").strip() else ""
+        raw = para.get(field, "").strip()
+        label = value(raw) if raw else ""
         if not label:
             continue
         by_pkg.setdefault(para.get("Package", "").strip(), label)
