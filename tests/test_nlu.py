@@ -12,6 +12,7 @@ import sys
 import pytest
 from conftest import HANG_GUARD_S
 from scipy.stats import t as student_t
+from scipy.stats import ttest_1samp, wilcoxon
 
 from test_ddtp_scripts import _env, write_indexes
 
@@ -20,6 +21,7 @@ EX = os.path.join(ROOT, "examples", "ddtp")
 sys.path.insert(0, EX)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import nlu  # noqa: E402
+import example_agreement  # noqa: E402
 import nlu_report  # noqa: E402
 
 TINY = dict(LAYERS=1, EMBED_DIM=16, FFN_DIM=32, HEADS=2, MAX_POSITIONS=64, MAX_UPDATE=3, WARMUP=1,
@@ -112,6 +114,25 @@ def test_study_chooses_lr_drop_weights_on_valid_and_reports_every_seed(prepared)
         assert diagnosis["attention_entropy"]["encoder_self"] > 0 and diagnosis["eos_prob_at_end"] is None
     assert report["baseline"]["output_entropy"] == pytest.approx(statistics.mean(d["output_entropy"] for d in diagnoses))
     assert "| classification-10 | LR-Drop | %s |" % best in (run_dir / "report.md").read_text()
+    # bench/example_agreement.py scores every run's best checkpoint on test, example by example:
+    # each run's share of right examples is its result.json accuracy, and each seed's discordant
+    # counts differ by exactly the two runs' difference in right examples
+    assert example_agreement.main(["--run-dir", str(run_dir)]) == 0
+    agreement = json.loads((run_dir / "agreement.json").read_text())["classification-10"]
+    accuracy = {}
+    for result_path in run_dir.glob("classification-10-*-seed*/result.json"):
+        result = json.loads(result_path.read_text())
+        right = json.loads((result_path.parent / "correct-test.json").read_text())
+        assert len(right) == result["test_examples"] and set(right) <= {0, 1}
+        assert 100 * sum(right) / len(right) == pytest.approx(result["test_accuracy"], abs=0.01)
+        accuracy["%s %s" % (result["mode"], result["weights"]), result["seed"]] = sum(right)
+    assert agreement["runs"] == len(accuracy) == 7   # the unchosen grid entry's seed-1 run too
+    chosen = ("lrdrop " + best, "rdrop 0,0,1.0", "baseline 0,0,0")
+    assert {(pair["first"], pair["second"]) for pair in agreement["pairs"]} >= {
+        (chosen[1], chosen[2]), (chosen[0], chosen[2]), (chosen[0], chosen[1])}
+    for pair in agreement["pairs"]:
+        for seed, (first_only, second_only) in zip(pair["seeds"], pair["discordant"]):
+            assert first_only - second_only == accuracy[pair["first"], seed] - accuracy[pair["second"], seed]
     # a rerun trains nothing
     again = _bash(os.path.join(ROOT, "bench/nlu_study.sh"), work, timeout=HANG_GUARD_S, DDTP_INDEX_DIR=work / "idx",
                   DATA_DIR=work / "data", VALID_SIZE=6, TEST_SIZE=6, TRAIN_SIZES="10 all", SPM_VOCAB=60,
@@ -257,6 +278,24 @@ def test_report_statistics_match_welchs_formula(tmp_path):
     assert "| classification-1000 | R-Drop - baseline | 3 | +2.33 ± %.2f | %.3f |" % (statistics.stdev(diffs), pair["p"]) in report
     assert "1 paired t-tests in this table, so p < 0.0500" in report
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_example_agreement_counts_discordant_examples_and_tests_over_examples(tmp_path):
+    first = [[1, 1, 0, 1, 0, 1], [1, 0, 0, 1, 1, 1]]   # seeds x examples, 1 = right
+    second = [[1, 0, 0, 1, 0, 0], [1, 0, 1, 1, 0, 1]]
+    result = example_agreement.compare_correct(first, second)
+    assert result["discordant"] == [[2, 0], [1, 1]]
+    per_example = [0, 0.5, -0.5, 0, 0.5, 0.5]   # seed-mean correctness, first - second
+    assert result["difference"] == pytest.approx(100 * sum(per_example) / 6)
+    assert result["examples_differing"] == 4
+    assert result["t_p"] == pytest.approx(ttest_1samp(per_example, 0).pvalue)
+    assert result["wilcoxon_p"] == pytest.approx(wilcoxon([0.5, -0.5, 0.5, 0.5]).pvalue)
+    same = example_agreement.compare_correct(first, first)
+    assert same["examples_differing"] == 0 and same["t_p"] == same["wilcoxon_p"] == 1.0
+    with pytest.raises(ValueError, match="same seeds x examples"):
+        example_agreement.compare_correct(first, second[:1])
+    with pytest.raises(SystemExit, match="--run-dir .* holds no"):
+        example_agreement.main(["--run-dir", str(tmp_path)])
 
 
 def test_bad_input_is_one_line_before_work(tmp_path):
