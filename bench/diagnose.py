@@ -61,16 +61,12 @@ def row_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * probs.clamp_min(1e-300).log()).sum(-1)
 
 
-def model_measures(checkpoint: str, data_bin: Optional[str], subset: str, max_tokens: int) -> dict:
-    """One eval-mode pass over the subset, for each family: encoder-decoder (teacher-forced,
-    the reference as decoder input), language model (the block's tokens as input), and
-    RoBERTa classifier (its classification head; the output entropy is over classes, and is
-    None for a regression head). Attention modules the model lacks, and the EOS measures of a
-    classifier, are None."""
+def eval_batches(checkpoint: str, data_bin: Optional[str], subset: str, max_tokens: int):
+    """(model in eval mode, cfg, task, the subset's batches in order) of a checkpoint; data_bin
+    None: the data the checkpoint was trained on."""
     from fairseq import checkpoint_utils, utils
 
     import fairseq_lrdrop  # noqa: F401  (the lr_drop_* archs and checkpoint loading)
-    from fairseq_lrdrop.modules.layer_states import ATTENTION_MODULES, LayerStateRequest, layer_stacks, recording_layer_states
 
     overrides = {"data": data_bin} if data_bin else {}
     (model,), cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
@@ -81,6 +77,18 @@ def model_measures(checkpoint: str, data_bin: Optional[str], subset: str, max_to
                                       max_positions=utils.resolve_max_positions(task.max_positions(),
                                                                                 model.max_positions()),
                                       required_batch_size_multiple=1).next_epoch_itr(shuffle=False)
+    return model, cfg, task, batches
+
+
+def model_measures(checkpoint: str, data_bin: Optional[str], subset: str, max_tokens: int) -> dict:
+    """One eval-mode pass over the subset, for each family: encoder-decoder (teacher-forced,
+    the reference as decoder input), language model (the block's tokens as input), and
+    RoBERTa classifier (its classification head; the output entropy is over classes, and is
+    None for a regression head). Attention modules the model lacks, and the EOS measures of a
+    classifier, are None."""
+    from fairseq_lrdrop.modules.layer_states import ATTENTION_MODULES, LayerStateRequest, layer_stacks, recording_layer_states
+
+    model, cfg, task, batches = eval_batches(checkpoint, data_bin, subset, max_tokens)
     stacks = layer_stacks(model)
     request = LayerStateRequest(encoder_layers=tuple(range(len(stacks.get("encoder", ())))),
                                 decoder_layers=tuple(range(len(stacks.get("decoder", ())))),

@@ -33,6 +33,7 @@ from scipy.stats import ttest_1samp, wilcoxon
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 ORDER = {"baseline": 0, "rdrop": 1, "lrdrop": 2}
 NAMES = {"baseline": "baseline", "rdrop": "R-Drop", "lrdrop": "LR-Drop"}
 
@@ -57,19 +58,11 @@ def compare_correct(first: Sequence[Sequence[int]], second: Sequence[Sequence[in
 def score_examples(checkpoint: str, subset: str) -> List[int]:
     """1/0 per example of the subset, in id order: the classifier's argmax against the label
     (eval mode, the data the checkpoint was trained on)."""
-    from fairseq import checkpoint_utils, utils
+    from diagnose import eval_batches
 
-    import fairseq_lrdrop  # noqa: F401  (the lr_drop_* archs and checkpoint loading)
-
-    (model,), cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint])
-    model.eval()
-    task.load_dataset(subset)
+    model, cfg, task, batches = eval_batches(checkpoint, None, subset, max_tokens=4000)
     dataset = task.dataset(subset)
     head = cfg.criterion.classification_head_name
-    batches = task.get_batch_iterator(dataset=dataset, max_tokens=4000,
-                                      max_positions=utils.resolve_max_positions(task.max_positions(),
-                                                                                model.max_positions()),
-                                      required_batch_size_multiple=1).next_epoch_itr(shuffle=False)
     right = {}
     with torch.no_grad():
         for sample in batches:
