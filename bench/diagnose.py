@@ -12,7 +12,9 @@ From the decoded text (--hyp, --ref; one segment a line):
 From one pass of the model over the binarized subset (eval mode, no dropout), for every
 family: encoder-decoder (teacher-forced, the reference as decoder input), language model
 (fairseq-eval-lm's blocks) and RoBERTa classifier (sentence_prediction; --data-bin may be left
-out to use the data the checkpoint was trained on):
+out to use the data the checkpoint was trained on). --task-from takes the task and data from
+another checkpoint: a pre-trained model before fine-tuning (fairseq_lrdrop.import_bert's
+model.pt, saved with the masked_lm task) measured on the data a fine-tuned run of it read:
   attention_entropy mean entropy (nats) of the attention rows of each module type
                     (encoder_self, decoder_self, decoder_cross; None where the model has
                     none), over heads, layers and real query positions
@@ -61,15 +63,20 @@ def row_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * probs.clamp_min(1e-300).log()).sum(-1)
 
 
-def eval_batches(checkpoint: str, data_bin: Optional[str], subset: str, max_tokens: int):
+def eval_batches(checkpoint: str, data_bin: Optional[str], subset: str, max_tokens: int,
+                 task_from: Optional[str] = None):
     """(model in eval mode, cfg, task, the subset's batches in order) of a checkpoint; data_bin
-    None: the data the checkpoint was trained on."""
-    from fairseq import checkpoint_utils, utils
+    None: the data the checkpoint (or task_from) was trained on. task_from: the task is set up
+    as that checkpoint's (e.g. a fine-tuned run), and builds the model of `checkpoint`."""
+    from fairseq import checkpoint_utils, tasks, utils
 
     import fairseq_lrdrop  # noqa: F401  (the lr_drop_* archs and checkpoint loading)
 
     overrides = {"data": data_bin} if data_bin else {}
-    (model,), cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
+    task = None
+    if task_from:
+        task = tasks.setup_task(checkpoint_utils.load_checkpoint_to_cpu(task_from, arg_overrides=overrides)["cfg"].task)
+    (model,), cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides, task=task)
     model.eval()
     task.load_dataset(subset)
     dataset = task.dataset(subset)
@@ -80,7 +87,8 @@ def eval_batches(checkpoint: str, data_bin: Optional[str], subset: str, max_toke
     return model, cfg, task, batches
 
 
-def model_measures(checkpoint: str, data_bin: Optional[str], subset: str, max_tokens: int) -> dict:
+def model_measures(checkpoint: str, data_bin: Optional[str], subset: str, max_tokens: int,
+                   task_from: Optional[str] = None) -> dict:
     """One eval-mode pass over the subset, for each family: encoder-decoder (teacher-forced,
     the reference as decoder input), language model (the block's tokens as input), and
     RoBERTa classifier (its classification head; the output entropy is over classes, and is
@@ -88,7 +96,7 @@ def model_measures(checkpoint: str, data_bin: Optional[str], subset: str, max_to
     classifier, are None."""
     from fairseq_lrdrop.modules.layer_states import ATTENTION_MODULES, LayerStateRequest, layer_stacks, recording_layer_states
 
-    model, cfg, task, batches = eval_batches(checkpoint, data_bin, subset, max_tokens)
+    model, cfg, task, batches = eval_batches(checkpoint, data_bin, subset, max_tokens, task_from)
     stacks = layer_stacks(model)
     request = LayerStateRequest(encoder_layers=tuple(range(len(stacks.get("encoder", ())))),
                                 decoder_layers=tuple(range(len(stacks.get("decoder", ())))),
@@ -144,13 +152,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--data-bin", help="data directory (default: the one the checkpoint was trained on)")
+    parser.add_argument("--task-from", help="set the task and data up as this checkpoint was trained (e.g. a run "
+                        "fine-tuned from --checkpoint), and measure --checkpoint on them")
     parser.add_argument("--subset", default="test")
     parser.add_argument("--hyp", help="decoded hypotheses, one a line (with --ref)")
     parser.add_argument("--ref", help="references, one a line (with --hyp)")
     parser.add_argument("--max-tokens", type=int, default=4000)
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
-    for flag, path in (("--checkpoint", args.checkpoint), ("--data-bin", args.data_bin),
+    for flag, path in (("--checkpoint", args.checkpoint), ("--data-bin", args.data_bin), ("--task-from", args.task_from),
                        ("--hyp", args.hyp), ("--ref", args.ref)):
         if path is not None and not Path(path).exists():
             parser.error(f"{flag} {path} does not exist")
@@ -163,7 +173,7 @@ def main():
             result.update(text_measures(read(args.hyp), read(args.ref)))
         except ValueError as error:
             parser.error(f"--hyp/--ref: {error}")
-    result.update(model_measures(args.checkpoint, args.data_bin, args.subset, args.max_tokens))
+    result.update(model_measures(args.checkpoint, args.data_bin, args.subset, args.max_tokens, args.task_from))
     text = json.dumps(result, indent=1)
     if args.json:
         Path(args.json).write_text(text + "\n")

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny En->De corpus binarized with the real fairseq-preprocess, and
 in-process builders for fairseq tasks, models and criterions on it."""
 import json
+import math
 import os
 import random
 import subprocess
@@ -134,3 +135,52 @@ def max_state_diff(a, b):
     """Largest absolute difference between two state dicts with the same keys."""
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def entropy(probs):
+    """Entropy (nats) over the last dimension, written apart from bench/diagnose.py's."""
+    return -torch.special.xlogy(probs.double(), probs.double()).sum(-1)
+
+
+def attention_request(stack, layers):
+    from fairseq_lrdrop.modules.layer_states import LayerStateRequest
+
+    return LayerStateRequest(**{f"{stack}_layers": tuple(range(layers))}, hidden_states=False,
+                             attention_modules=(f"{stack}_self",))
+
+
+def row_entropies(states, module):
+    """(sum, count) of the entropies of every recorded attention row of one unpadded pass."""
+    rows = torch.cat([entropy(maps).flatten() for maps in states.attention[module].values()])  # H x 1 x T x S maps
+    return rows.sum().item(), rows.numel()
+
+
+def classifier_diagnosis_matches_the_hub(hub, checkpoint, data, subset="valid", task_from=None):
+    """bench/diagnose.py on a RoBERTa classifier: the mean entropy of the class distribution
+    equals the hub interface's, sentence by sentence, and so does the encoder's self-attention
+    entropy (each sentence unpadded); no EOS measures. Returns diagnose's measures."""
+    from fairseq_lrdrop.modules.layer_states import layer_stacks, recording_layer_states
+
+    measures = bench_module("diagnose").model_measures(str(checkpoint), str(data), subset, max_tokens=512,
+                                                       task_from=task_from and str(task_from))
+    hub.task.load_dataset(subset)
+    dataset = hub.task.dataset(subset)
+    output, bound, attention_rows = [], [], [0.0, 0]
+    request = attention_request("encoder", len(layer_stacks(hub.model)["encoder"]))
+    with torch.no_grad():
+        for index in range(len(dataset)):
+            tokens = dataset[index]["net_input.src_tokens"]
+            with recording_layer_states(layer_stacks(hub.model), request) as states:
+                lprobs = hub.predict("sentence_classification_head", tokens)
+            output.append(entropy(lprobs.exp()).item())
+            total, count = row_entropies(states, "encoder_self")
+            attention_rows[0] += total
+            attention_rows[1] += count
+            bound += [math.log(len(tokens))] * len(tokens)
+    assert measures["output_entropy"] == pytest.approx(sum(output) / len(output), rel=1e-5)
+    attention = measures["attention_entropy"]
+    assert attention["decoder_self"] is None and attention["decoder_cross"] is None
+    assert attention["encoder_self"] == pytest.approx(attention_rows[0] / attention_rows[1], rel=1e-5)
+    assert 0 < attention["encoder_self"] <= sum(bound) / len(bound) + 1e-9
+    assert measures["eos_prob_at_end"] is None and measures["eos_prob_inside"] is None
+    return measures

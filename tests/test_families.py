@@ -9,7 +9,8 @@ import numpy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import EN, USER_DIR, bench_module, perturb_second_pass, run_cli
+from conftest import (EN, USER_DIR, attention_request, bench_module, classifier_diagnosis_matches_the_hub,
+                      entropy, perturb_second_pass, row_entropies, run_cli)
 
 TINY_ENCODER = ["--encoder-layers", "2", "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
                 "--encoder-attention-heads", "4", "--max-positions", "64"]
@@ -269,24 +270,6 @@ def _same_weights(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _entropy(probs):
-    """Entropy (nats) over the last dimension, written apart from bench/diagnose.py's."""
-    return -torch.special.xlogy(probs.double(), probs.double()).sum(-1)
-
-
-def _attention_request(stack, layers):
-    from fairseq_lrdrop.modules.layer_states import LayerStateRequest
-
-    return LayerStateRequest(**{f"{stack}_layers": tuple(range(layers))}, hidden_states=False,
-                             attention_modules=(f"{stack}_self",))
-
-
-def _row_entropies(states, module):
-    """(sum, count) of the entropies of every recorded attention row of one unpadded pass."""
-    rows = torch.cat([_entropy(maps).flatten() for maps in states.attention[module].values()])  # H x 1 x T x S maps
-    return rows.sum().item(), rows.numel()
-
-
 def _language_model_diagnosis_matches_unpadded_passes(checkpoint, data):
     """bench/diagnose.py on a language model, against one block at a time (no padding):
     output entropy, EOS probabilities and self-attention entropy equal; the attention is causal."""
@@ -300,16 +283,16 @@ def _language_model_diagnosis_matches_unpadded_passes(checkpoint, data):
     task.load_dataset("valid")
     dataset, eos = task.dataset("valid"), task.dictionary.eos()
     output, at_end, inside, causal_bound, attention_rows = [], [], [], [], [0.0, 0]
-    request = _attention_request("decoder", len(model.decoder.layers))
+    request = attention_request("decoder", len(model.decoder.layers))
     with torch.no_grad():
         for index in range(len(dataset)):
             item = dataset[index]
             with recording_layer_states(layer_stacks(model), request) as states:
                 probs = model(item["source"][None])[0].float().softmax(-1)[0]  # T x V
-            total, count = _row_entropies(states, "decoder_self")
+            total, count = row_entropies(states, "decoder_self")
             attention_rows[0] += total
             attention_rows[1] += count
-            output += _entropy(probs).tolist()
+            output += entropy(probs).tolist()
             at_end += probs[item["target"].eq(eos), eos].tolist()
             inside += probs[item["target"].ne(eos), eos].tolist()
             causal_bound += [math.log(t + 1) for t in range(len(item["source"]))]  # row t sees t + 1 keys
@@ -324,35 +307,6 @@ def _language_model_diagnosis_matches_unpadded_passes(checkpoint, data):
     # an untrained-ish model attends almost uniformly: without the causal mask the mean would
     # pass the mean of log(keys a causal row sees)
     assert 0 < attention["decoder_self"] < mean(causal_bound)
-
-
-def _classifier_diagnosis_matches_the_hub(hub, checkpoint, data):
-    """bench/diagnose.py on a RoBERTa classifier: the mean entropy of the class distribution
-    equals the hub interface's, sentence by sentence, and so does the encoder's self-attention
-    entropy (each sentence unpadded); no EOS measures."""
-    from fairseq_lrdrop.modules.layer_states import layer_stacks, recording_layer_states
-
-    measures = bench_module("diagnose").model_measures(str(checkpoint), str(data), "valid", max_tokens=512)
-    hub.task.load_dataset("valid")
-    dataset = hub.task.dataset("valid")
-    output, bound, attention_rows = [], [], [0.0, 0]
-    request = _attention_request("encoder", len(layer_stacks(hub.model)["encoder"]))
-    with torch.no_grad():
-        for index in range(len(dataset)):
-            tokens = dataset[index]["net_input.src_tokens"]
-            with recording_layer_states(layer_stacks(hub.model), request) as states:
-                lprobs = hub.predict("sentence_classification_head", tokens)
-            output.append(_entropy(lprobs.exp()).item())
-            total, count = _row_entropies(states, "encoder_self")
-            attention_rows[0] += total
-            attention_rows[1] += count
-            bound += [math.log(len(tokens))] * len(tokens)
-    assert measures["output_entropy"] == pytest.approx(sum(output) / len(output), rel=1e-5)
-    attention = measures["attention_entropy"]
-    assert attention["decoder_self"] is None and attention["decoder_cross"] is None
-    assert attention["encoder_self"] == pytest.approx(attention_rows[0] / attention_rows[1], rel=1e-5)
-    assert 0 < attention["encoder_self"] <= sum(bound) / len(bound) + 1e-9
-    assert measures["eos_prob_at_end"] is None and measures["eos_prob_inside"] is None
 
 
 def test_language_model_trains_evaluates_and_moves_to_stock(corpora, tmp_path):
@@ -410,7 +364,7 @@ def test_roberta_fine_tunes_from_a_stock_checkpoint_and_moves_back(corpora, tmp_
     tokens = torch.cat([torch.tensor([hub.task.source_dictionary.bos()]), tokens])
     lprobs = hub.predict("sentence_classification_head", tokens)
     assert lprobs.shape == (1, 2) and torch.allclose(lprobs.exp().sum(), torch.tensor(1.0))
-    _classifier_diagnosis_matches_the_hub(hub, finetuned_path, corpora["cls"])
+    classifier_diagnosis_matches_the_hub(hub, finetuned_path, corpora["cls"])
 
 
 def attention_term(inputs, query_mask):

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HANG_GUARD_S, ONE_THREAD, USER_DIR, run_cli, train_inner
+from conftest import (HANG_GUARD_S, ONE_THREAD, USER_DIR, bench_module, classifier_diagnosis_matches_the_hub,
+                      run_cli, train_inner)
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # transformers reads local directories only
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -447,6 +448,20 @@ def test_ddtp_fine_tuning_runs_from_the_import(tiny, tmp_path):
     log = (save / "train.out").read_text()
     assert f"Loaded checkpoint {out_dir / 'model.pt'} (epoch 1 @ 0 updates)" in log
     assert "deleting classification head" not in log
+
+    # bench/diagnose.py --task-from: the import before fine-tuning (saved with the masked_lm
+    # task), measured on the test split that the fine-tuned run read, equals the imported
+    # model's own passes sentence by sentence; fine-tuning moved its attention
+    from fairseq import checkpoint_utils, tasks
+    from fairseq.models.roberta import RobertaHubInterface
+
+    finetuned = save / "checkpoint_best.pt"
+    task_cfg = checkpoint_utils.load_checkpoint_to_cpu(str(finetuned), arg_overrides={"data": str(data_bin)})["cfg"]
+    imported = load_fairseq(out_dir)
+    hub = RobertaHubInterface(task_cfg, tasks.setup_task(task_cfg.task), imported.model).eval()
+    before = classifier_diagnosis_matches_the_hub(hub, out_dir / "model.pt", data_bin, "test", task_from=finetuned)
+    after = bench_module("diagnose").model_measures(str(finetuned), str(data_bin), "test", max_tokens=512)
+    assert before["attention_entropy"]["encoder_self"] != after["attention_entropy"]["encoder_self"]
 
 
 def test_finetune_cost_times_the_three_modes_on_the_longest_batch(tiny, classification_data, tmp_path):
