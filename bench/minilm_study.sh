@@ -21,7 +21,9 @@
 #          (examples/ddtp/finetune.sh: result.json, diagnose-test.json, logs),
 #          $RUN_DIR/<task>-<size>-lrdrop-<0,b,g | a,0,g>-seed<k>/ (phase 3, ABLATE),
 #          $RUN_DIR/<task>-<size>-{rdrop,lrdrop}-choice.txt (chosen weights, then every
-#          candidate's valid accuracy), $RUN_DIR/report.md + report.json (bench/nlu_report.py);
+#          candidate's valid accuracy), $RUN_DIR/<task>-<size>-pretrained/diagnose-test.json
+#          (DIAGNOSE=1: the import's entropies on test, before fine-tuning),
+#          $RUN_DIR/report.md + report.json (bench/nlu_report.py);
 #          finished runs are skipped on a rerun.
 #
 # Environment knobs (default):
@@ -37,6 +39,7 @@
 #   LANES=2 THREADS=1             runs side by side, torch threads per run
 #   PYTHON=python                 interpreter with fairseq, the plugin, safetensors, transformers
 #   DIAGNOSE=1                    bench/diagnose.py's test-set entropies of each reported run
+#                                 and of the import before fine-tuning
 #   ABLATE=1                      phase 3: every seed again with LR-Drop's chosen (alpha, beta,
 #                                 gamma) minus one layer term, (0, beta, gamma) attention only
 #                                 and (alpha, 0, gamma) hidden states only (0: skip)
@@ -193,4 +196,18 @@ if [[ "$ABLATE" == 1 && " $MODES " == *" lrdrop "* ]]; then
 fi
 echo "phase 3: $(wc -l < "$jobs3") runs taking LR-Drop's weights apart (one layer term off; the whole triple too with ABLATE_WEIGHTS)"
 run_jobs "$jobs3"
+
+# where fine-tuning started: the import itself, on the same test split (bench/diagnose.py
+# --task-from borrows the task and data of a first-seed run); nlu_report.py's "before
+# fine-tuning" table
+for task in $TASKS; do for size in $SIZES; do
+  out="$RUN_DIR/$task-$size-pretrained"
+  [[ "$DIAGNOSE" == 1 && ! -s "$out/diagnose-test.json" ]] || continue
+  finetuned="$(ls -d "$RUN_DIR/$task-$size-"*"-seed$FIRST_SEED" | head -n 1)"
+  mkdir -p "$out"
+  OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" "$PYTHON" "$HERE/diagnose.py" \
+    --checkpoint "$RUN_DIR/imported-$task/model.pt" --task-from "$finetuned/checkpoint_best.pt" \
+    --data-bin "$DATA_DIR/bin/$task-$size" --subset test --json "$out/diagnose-test.json" > "$out.diagnose.out" 2>&1 \
+    || die "diagnosing the import before fine-tuning failed (log: $out.diagnose.out)"
+done; done
 "$PYTHON" "$HERE/nlu_report.py" --run-dir "$RUN_DIR"

@@ -11,7 +11,8 @@ Inputs:  --run-dir (default runs/ddtp-nlu): <task>-<size>-<mode>...-seed<k>/resu
          diagnose-test.json beside it, bench/diagnose.py's entropies: its columns then show
          the mean over seeds, "-" where any seed of the row lacks one),
          <task>-<size>-{rdrop,lrdrop}-choice.txt (the chosen weights, then every candidate's
-         "weights=valid accuracy")
+         "weights=valid accuracy"), <task>-<size>-pretrained/diagnose-test.json (optional:
+         the pre-trained model's entropies before fine-tuning, bench/minilm_study.sh)
 Outputs: RUN_DIR/report.md (printed too), RUN_DIR/report.json, and with --plot FILE a strip
          plot of test accuracy per seed (matplotlib)
 """
@@ -50,6 +51,15 @@ def load_results(run_dir):
                 result["diagnosis"] = json.load(fh)
         results.append(result)
     return results
+
+
+def load_pretrained(run_dir):
+    """{"<task>-<size>": bench/diagnose.py's measures of the pre-trained model before fine-tuning}."""
+    pretrained = {}
+    for path in sorted(glob.glob(os.path.join(run_dir, "*-pretrained", "diagnose-test.json"))):
+        with open(path) as fh:
+            pretrained[os.path.basename(os.path.dirname(path))[: -len("-pretrained")]] = json.load(fh)
+    return pretrained
 
 
 def load(run_dir):
@@ -173,7 +183,7 @@ def entropy_cells(row):
                       for key in ("self_attention_entropy", "output_entropy"))
 
 
-def markdown(table, choices):
+def markdown(table, choices, pretrained=None):
     lines = ["| task, train size | mode | weights (alpha,beta,gamma) | test accuracy, mean ± sd | per seed | "
              "Δ vs baseline | Welch p | valid accuracy (mean) | train time per run | time / baseline | "
              "encoder self-attention entropy | class entropy |",
@@ -196,6 +206,11 @@ def markdown(table, choices):
         for key, name, c in comparisons:
             lines.append("| %s | %s | %d | %+.2f ± %.2f | %s |" % (
                 key, name, len(c["seeds"]), c["diff_mean"], c["diff_std"], "" if c["p"] is None else "%.3f" % c["p"]))
+    if pretrained:
+        lines += ["", "Before fine-tuning (the pre-trained model with its new head, test split):", "",
+                  "| task, train size | encoder self-attention entropy | class entropy |", "|---|---:|---:|"]
+        for key, row in pretrained.items():
+            lines.append("| %s | %s |" % (key, entropy_cells(row)))
     if choices:
         lines += ["", "Weights chosen on valid accuracy (first seed; R-Drop rows end in -rdrop):", "",
                   "| task, train size | valid accuracy per triple | chosen |", "|---|---|---|"]
@@ -235,11 +250,12 @@ def main(argv=None):
     if not results:
         sys.exit("error: no */result.json under --run-dir %s (run bench/nlu_study.sh)" % args.run_dir)
     table = study(results, choices)
-    text = markdown(table, choices)
+    pretrained = {key: entropy_means([{"diagnosis": d}]) for key, d in load_pretrained(args.run_dir).items()}
+    text = markdown(table, choices, pretrained)
     with open(os.path.join(args.run_dir, "report.md"), "w") as fh:
         fh.write(text)
     with open(os.path.join(args.run_dir, "report.json"), "w") as fh:
-        json.dump({"table": table, "choices": choices}, fh, indent=1, sort_keys=True)
+        json.dump({"table": table, "choices": choices, "pretrained": pretrained}, fh, indent=1, sort_keys=True)
     if args.plot:
         plot(table, args.plot)
     print(text, end="")

@@ -398,6 +398,58 @@ def test_minilm_study_refuses_bad_knobs_before_work(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_minilm_study_fine_tunes_the_import_and_measures_it_before_fine_tuning(tiny, tmp_path):
+    """bench/minilm_study.sh end to end, with the tiny BERT as MODEL_DIR and generated DDTP
+    indexes: it imports the model, fine-tunes baseline, R-Drop and LR-Drop from the import
+    (LR-Drop's weights chosen on valid), diagnoses every run, and diagnoses the import itself
+    before fine-tuning on the same test split; the report carries both; a rerun trains nothing."""
+    from test_ddtp_scripts import write_indexes
+
+    hf_dir = tiny[0]
+    write_indexes(str(tmp_path / "idx"))
+    run_dir = tmp_path / "run"
+    knobs = dict(DDTP_INDEX_DIR=tmp_path / "idx", DATA_DIR=tmp_path / "data", VALID_SIZE=6, TEST_SIZE=6,
+                 TRAIN_SIZES="10 all", LM_TRAIN_SIZES="20", SPM_VOCAB=60, PRETRAIN_VALID_SIZE=2, WORKERS=1,
+                 MODEL_DIR=hf_dir, RUN_DIR=run_dir, TASKS="classification", SIZES="10", SEEDS="1 2",
+                 RDROP_GAMMA_GRID="1", WEIGHT_GRID="0.1,0.1,1 1,1,1", ABLATE=0, MAX_PIECES=30, MAX_EPOCH=1,
+                 BATCH_SIZE=4, THREADS=1)
+    env = {**os.environ, **ONE_THREAD, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHON": sys.executable, **{k: str(v) for k, v in knobs.items()}}
+    study = str(Path(USER_DIR).parent / "bench" / "minilm_study.sh")
+    proc = subprocess.run(["bash", study], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    chosen = (run_dir / "classification-10-lrdrop-choice.txt").read_text().split()[0]
+    assert chosen in ("0.1,0.1,1", "1,1,1")
+    report = json.loads((run_dir / "report.json").read_text())
+    table = report["table"]["classification-10"]
+    assert table["lrdrop"]["weights"] == chosen and table["rdrop"]["weights"] == "0,0,1"
+    assert all(table[mode]["seeds"] == [1, 2] for mode in ("baseline", "rdrop", "lrdrop"))
+    command = (run_dir / "classification-10-baseline-seed2" / "command.txt").read_text()
+    assert f"--restore-file {run_dir / 'imported-classification' / 'model.pt'}" in command
+    # the import before fine-tuning: measured on the study's test split with the task of a
+    # first-seed run; the same as with seed 2's run lending the task, and not a fine-tuned model
+    before = json.loads((run_dir / "classification-10-pretrained" / "diagnose-test.json").read_text())
+    assert before["checkpoint"] == str(run_dir / "imported-classification" / "model.pt")
+    again = bench_module("diagnose").model_measures(
+        before["checkpoint"], str(run_dir / "data" / "bin" / "classification-10"), "test", max_tokens=512,
+        task_from=str(run_dir / "classification-10-baseline-seed2" / "checkpoint_best.pt"))
+    assert again["attention_entropy"]["encoder_self"] == pytest.approx(before["attention_entropy"]["encoder_self"], rel=1e-9)
+    assert again["output_entropy"] == pytest.approx(before["output_entropy"], rel=1e-9)
+    fine_tuned = json.loads((run_dir / "classification-10-baseline-seed1" / "diagnose-test.json").read_text())
+    assert fine_tuned["attention_entropy"]["encoder_self"] != before["attention_entropy"]["encoder_self"]
+    assert report["pretrained"]["classification-10"] == {
+        "self_attention_entropy": pytest.approx(before["attention_entropy"]["encoder_self"]),
+        "output_entropy": pytest.approx(before["output_entropy"])}
+    assert "| classification-10 | %.3f | %.3f |" % (before["attention_entropy"]["encoder_self"], before["output_entropy"]) \
+        in (run_dir / "report.md").read_text()
+    # a rerun trains and diagnoses nothing again
+    stamp = (run_dir / "classification-10-pretrained" / "diagnose-test.json").stat().st_mtime_ns
+    proc = subprocess.run(["bash", study], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (run_dir / "classification-10-pretrained" / "diagnose-test.json").stat().st_mtime_ns == stamp
+    assert json.loads((run_dir / "report.json").read_text())["table"] == report["table"]
+
+
 def test_ddtp_fine_tuning_runs_from_the_import(tiny, tmp_path):
     """examples/ddtp/nlu_bert.py binarizes raw DDTP-layout splits with the imported vocabulary
     (the word pieces fairseq's --bpe bert gives), and examples/ddtp/finetune.sh with IMPORTED=
