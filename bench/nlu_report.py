@@ -27,14 +27,18 @@ from scipy.stats import ttest_ind, ttest_rel
 
 MODES = ("baseline", "rdrop", "lrdrop")
 NAMES = {"baseline": "baseline", "rdrop": "R-Drop", "lrdrop": "LR-Drop"}
-VARIANT_PREFIX = "lrdrop "   # a row of LR-Drop runs with other weights than the chosen ones
 
 
 def mode_name(mode):
-    """"LR-Drop", or "LR-Drop (0,0.01,1)" for a variant row."""
-    if mode.startswith(VARIANT_PREFIX):
-        return "LR-Drop (%s)" % mode[len(VARIANT_PREFIX):]
-    return NAMES[mode]
+    """"LR-Drop", or "LR-Drop (0,0.01,1)" for a variant row ("lrdrop 0,0.01,1": runs with
+    other weights than the ones chosen on valid)."""
+    name, _, weights = mode.partition(" ")
+    return "%s (%s)" % (NAMES[name], weights) if weights else NAMES[name]
+
+
+def weight_values(weights):
+    """"0.001,0.001,0.5" -> (0.001, 0.001, 0.5), so that "1" and "1.0" are the same weights."""
+    return tuple(float(w) for w in weights.split(","))
 
 
 def load_results(run_dir):
@@ -137,44 +141,42 @@ def mode_row(runs, base, test_key, valid_key):
 
 
 def study(results, choices):
-    """{(task, size): {mode: {...}}} over the runs that count: baseline, R-Drop, and LR-Drop
-    with the weights chosen on valid (every run when no choice was recorded); LR-Drop runs
-    with other weights (the grid's first-seed runs, or an ablation such as attention-only)
-    become variant rows "lrdrop <weights>" where at least two seeds ran them."""
+    """{(task, size): {mode: {...}}} over the runs that count: baseline, and R-Drop and LR-Drop
+    with the weights chosen on valid (every run when no choice was recorded). R-Drop or LR-Drop
+    runs with other weights (the grid's first-seed runs, an ablation such as attention-only, a
+    candidate run over every seed) become variant rows "<mode> <weights>" where at least two
+    seeds ran them. Besides each row against the baseline, rows are paired by seed: LR-Drop
+    with R-Drop, a variant with its mode's chosen row, and every LR-Drop row with the R-Drop
+    row of the same gamma (the layer terms on and off)."""
     groups = {}
     for r in results:
         key = "%s-%s" % (r["task"], r["size"])
         mode = r["mode"]
-        if mode == "lrdrop" and key in choices and r["weights"] != choices[key]["weights"]:
-            mode = VARIANT_PREFIX + r["weights"]
+        choice = choices.get(key + ("-rdrop" if mode == "rdrop" else "")) if mode in ("rdrop", "lrdrop") else None
+        if choice and weight_values(r["weights"]) != weight_values(choice["weights"]):
+            mode = "%s %s" % (mode, r["weights"])
         groups.setdefault(key, {}).setdefault(mode, []).append(r)
     table = {}
     for key, modes in sorted(groups.items()):
-        variants = sorted(m for m in modes if m.startswith(VARIANT_PREFIX) and len(modes[m]) > 1)
+        variants = sorted(m for m in modes if " " in m and len(modes[m]) > 1)
+        rows = [m for m in MODES if m in modes] + variants
         table[key] = {mode: mode_row(modes[mode], modes.get("baseline", []), "test_accuracy", "valid_accuracy")
-                      for mode in [m for m in MODES if m in modes] + variants}
-        if "rdrop" in modes and "lrdrop" in modes:
-            table[key]["lrdrop"]["paired_vs_rdrop"] = paired(modes["lrdrop"], modes["rdrop"], "test_accuracy")
-        for variant in variants:
-            if "lrdrop" in modes:
-                table[key][variant]["paired_vs_lrdrop"] = paired(modes[variant], modes["lrdrop"], "test_accuracy")
+                      for mode in rows}
+        pairs = [("lrdrop", "rdrop")] + [(variant, variant.split()[0]) for variant in variants]
+        pairs += [(first, second) for first in rows if first.startswith("lrdrop") for second in rows
+                  if second.startswith("rdrop")
+                  and weight_values(table[key][first]["weights"])[2] == weight_values(table[key][second]["weights"])[2]]
+        for first, second in pairs:
+            if first in table[key] and second in table[key] and "paired_vs_" + second not in table[key][first]:
+                table[key][first]["paired_vs_" + second] = paired(modes[first], modes[second], "test_accuracy")
     return table
 
 
 def paired_comparisons(table):
     """[(task-size, "A - B", paired dict)] of every paired comparison the report makes."""
-    out = []
-    for key, modes in table.items():
-        pairs = [("rdrop", "paired_vs_baseline", "R-Drop - baseline"),
-                 ("lrdrop", "paired_vs_baseline", "LR-Drop - baseline"),
-                 ("lrdrop", "paired_vs_rdrop", "LR-Drop - R-Drop")]
-        for variant in (m for m in modes if m.startswith(VARIANT_PREFIX)):
-            pairs += [(variant, "paired_vs_baseline", mode_name(variant) + " - baseline"),
-                      (variant, "paired_vs_lrdrop", mode_name(variant) + " - LR-Drop")]
-        for mode, against, name in pairs:
-            if modes.get(mode, {}).get(against):
-                out.append((key, name, modes[mode][against]))
-    return out
+    return [(key, "%s - %s" % (mode_name(mode), mode_name(field[len("paired_vs_"):])), comparison)
+            for key, modes in table.items() for mode, row in modes.items()
+            for field, comparison in row.items() if field.startswith("paired_vs_") and comparison]
 
 
 def entropy_cells(row):

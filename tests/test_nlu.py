@@ -343,3 +343,50 @@ def test_report_shows_ablation_runs_as_variant_rows_paired_with_the_chosen_weigh
     report = (tmp_path / "report.md").read_text()
     assert "| architecture-1000 | LR-Drop (0,0.01,1) - LR-Drop | 3 | +1.00 ± " in report
     assert "3 paired t-tests in this table" in report   # LR-Drop - baseline, the variant against both
+
+
+def test_report_pairs_each_lr_drop_row_with_the_r_drop_row_of_its_gamma(tmp_path):
+    """R-Drop runs with another gamma than the valid choice get a variant row too, paired with
+    the chosen R-Drop; every LR-Drop row (chosen or not) is paired with the R-Drop row of the
+    same gamma, so that a choice of another gamma does not hide what the layer terms do; "1"
+    and "1.0" are the same weights."""
+    accuracies = {("baseline", "0,0,0"): [80.0, 81.0, 82.0], ("rdrop", "0,0,0.5"): [81.0, 82.0, 83.5],
+                  ("rdrop", "0,0,1"): [80.5, 81.0, 82.5], ("lrdrop", "0.001,0.001,1.0"): [82.0, 80.0, 83.0],
+                  ("lrdrop", "0.001,0.001,0.5"): [81.5, 82.0, 83.0]}
+    for (mode, weights), accs in accuracies.items():
+        for seed, acc in enumerate(accs, 1):
+            d = tmp_path / f"architecture-10000-{mode}-{weights}-seed{seed}"
+            d.mkdir()
+            (d / "result.json").write_text(json.dumps(dict(
+                task="architecture", size="10000", mode=mode, seed=seed, weights=weights, epochs=3,
+                valid_accuracy=acc, test_accuracy=acc, test_examples=100, train_seconds=10)))
+    (tmp_path / "architecture-10000-lrdrop-choice.txt").write_text(
+        "0.001,0.001,1 0.001,0.001,0.5=81.5 0.001,0.001,1=82.0\n")
+    (tmp_path / "architecture-10000-rdrop-choice.txt").write_text("0,0,0.5 0,0,0.5=81.0 0,0,1=80.5\n")
+    assert nlu_report.main(["--run-dir", str(tmp_path)]) == 0
+    table = json.loads((tmp_path / "report.json").read_text())["table"]["architecture-10000"]
+    assert set(table) == {"baseline", "rdrop", "lrdrop", "lrdrop 0.001,0.001,0.5", "rdrop 0,0,1"}
+    assert table["lrdrop"]["test"] == [82.0, 80.0, 83.0] and table["rdrop"]["weights"] == "0,0,0.5"
+
+    def diff(first, second):
+        return statistics.mean(a - b for a, b in zip(accuracies[first], accuracies[second]))
+
+    pairs = {row: {field[len("paired_vs_"):]: cell["diff_mean"] for field, cell in cells.items()
+                   if field.startswith("paired_vs_")} for row, cells in table.items()}
+    assert pairs == {
+        "baseline": {},
+        "rdrop": {"baseline": pytest.approx(diff(("rdrop", "0,0,0.5"), ("baseline", "0,0,0")))},
+        "lrdrop": {"baseline": pytest.approx(diff(("lrdrop", "0.001,0.001,1.0"), ("baseline", "0,0,0"))),
+                   "rdrop": pytest.approx(diff(("lrdrop", "0.001,0.001,1.0"), ("rdrop", "0,0,0.5"))),
+                   "rdrop 0,0,1": pytest.approx(diff(("lrdrop", "0.001,0.001,1.0"), ("rdrop", "0,0,1")))},
+        "lrdrop 0.001,0.001,0.5": {
+            "baseline": pytest.approx(diff(("lrdrop", "0.001,0.001,0.5"), ("baseline", "0,0,0"))),
+            "lrdrop": pytest.approx(diff(("lrdrop", "0.001,0.001,0.5"), ("lrdrop", "0.001,0.001,1.0"))),
+            "rdrop": pytest.approx(diff(("lrdrop", "0.001,0.001,0.5"), ("rdrop", "0,0,0.5")))},
+        "rdrop 0,0,1": {"baseline": pytest.approx(diff(("rdrop", "0,0,1"), ("baseline", "0,0,0"))),
+                        "rdrop": pytest.approx(diff(("rdrop", "0,0,1"), ("rdrop", "0,0,0.5")))}}
+    report = (tmp_path / "report.md").read_text()
+    assert "| architecture-10000 | LR-Drop - R-Drop (0,0,1) | 3 | %+.2f ± " % diff(
+        ("lrdrop", "0.001,0.001,1.0"), ("rdrop", "0,0,1")) in report
+    assert "| architecture-10000 | LR-Drop (0.001,0.001,0.5) - R-Drop | 3 |" in report
+    assert "9 paired t-tests in this table" in report
