@@ -320,19 +320,25 @@ def test_bad_input_is_one_line_before_work(tmp_path):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "d").exists()
 
 
+def _write_results(run_dir, task, size, accuracies):
+    """A result.json per {(mode, weights): [accuracy of seed 1, 2, ...]} entry and seed, as
+    examples/ddtp/finetune.sh writes them (valid accuracy = test accuracy)."""
+    for (mode, weights), accs in accuracies.items():
+        for seed, acc in enumerate(accs, 1):
+            d = run_dir / f"{task}-{size}-{mode}-{weights}-seed{seed}"
+            d.mkdir()
+            (d / "result.json").write_text(json.dumps(dict(
+                task=task, size=size, mode=mode, seed=seed, weights=weights, epochs=3,
+                valid_accuracy=acc, test_accuracy=acc, test_examples=100, train_seconds=10)))
+
+
 def test_report_shows_ablation_runs_as_variant_rows_paired_with_the_chosen_weights(tmp_path):
     """LR-Drop runs with other weights than the valid choice (an attention-only or hidden-only
     ablation over every seed) get their own rows, paired with the chosen LR-Drop by seed; a
     grid's single first-seed run does not."""
     accuracies = {("baseline", "0,0,0"): [70.0, 71.0, 72.0], ("lrdrop", "0.01,0.01,1"): [71.0, 73.0, 72.5],
                   ("lrdrop", "0,0.01,1"): [72.0, 73.5, 74.0], ("lrdrop", "0.001,0.001,1"): [69.0]}
-    for (mode, weights), accs in accuracies.items():
-        for seed, acc in enumerate(accs, 1):
-            d = tmp_path / f"architecture-1000-{mode}-{weights}-seed{seed}"
-            d.mkdir()
-            (d / "result.json").write_text(json.dumps(dict(
-                task="architecture", size="1000", mode=mode, seed=seed, weights=weights, epochs=5,
-                valid_accuracy=acc, test_accuracy=acc, test_examples=100, train_seconds=10)))
+    _write_results(tmp_path, "architecture", "1000", accuracies)
     (tmp_path / "architecture-1000-lrdrop-choice.txt").write_text("0.01,0.01,1 0.001,0.001,1=69.0 0.01,0.01,1=71.0\n")
     assert nlu_report.main(["--run-dir", str(tmp_path)]) == 0
     table = json.loads((tmp_path / "report.json").read_text())["table"]["architecture-1000"]
@@ -353,13 +359,7 @@ def test_report_pairs_each_lr_drop_row_with_the_r_drop_row_of_its_gamma(tmp_path
     accuracies = {("baseline", "0,0,0"): [80.0, 81.0, 82.0], ("rdrop", "0,0,0.5"): [81.0, 82.0, 83.5],
                   ("rdrop", "0,0,1"): [80.5, 81.0, 82.5], ("lrdrop", "0.001,0.001,1.0"): [82.0, 80.0, 83.0],
                   ("lrdrop", "0.001,0.001,0.5"): [81.5, 82.0, 83.0]}
-    for (mode, weights), accs in accuracies.items():
-        for seed, acc in enumerate(accs, 1):
-            d = tmp_path / f"architecture-10000-{mode}-{weights}-seed{seed}"
-            d.mkdir()
-            (d / "result.json").write_text(json.dumps(dict(
-                task="architecture", size="10000", mode=mode, seed=seed, weights=weights, epochs=3,
-                valid_accuracy=acc, test_accuracy=acc, test_examples=100, train_seconds=10)))
+    _write_results(tmp_path, "architecture", "10000", accuracies)
     (tmp_path / "architecture-10000-lrdrop-choice.txt").write_text(
         "0.001,0.001,1 0.001,0.001,0.5=81.5 0.001,0.001,1=82.0\n")
     (tmp_path / "architecture-10000-rdrop-choice.txt").write_text("0,0,0.5 0,0,0.5=81.0 0,0,1=80.5\n")
