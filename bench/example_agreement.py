@@ -34,8 +34,7 @@ from scipy.stats import ttest_1samp, wilcoxon
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-ORDER = {"baseline": 0, "rdrop": 1, "lrdrop": 2}
-NAMES = {"baseline": "baseline", "rdrop": "R-Drop", "lrdrop": "LR-Drop"}
+from nlu_report import MODES, mode_name  # noqa: E402
 
 
 def compare_correct(first: Sequence[Sequence[int]], second: Sequence[Sequence[int]]) -> dict:
@@ -102,7 +101,7 @@ def load_runs(run_dir: str, subset: str) -> Dict[str, Dict[str, dict]]:
 def report(groups: Dict[str, Dict[str, dict]]) -> dict:
     table = {}
     for key, modes in sorted(groups.items()):
-        names = sorted(modes, key=lambda m: (ORDER[m.split()[0]], m))
+        names = sorted(modes, key=lambda m: (MODES.index(m.split()[0]), m))
         every = np.array([c for m in names for c in modes[m].values()])
         table[key] = {"runs": len(every), "examples": every.shape[1],
                       "right_in_every_run": int(every.all(0).sum()), "wrong_in_every_run": int((~every.any(0)).sum()),
@@ -117,8 +116,8 @@ def report(groups: Dict[str, Dict[str, dict]]) -> dict:
 
 
 def mode_label(mode: str) -> str:
-    name, weights = mode.split()
-    return NAMES[name] if name == "baseline" else "%s (%s)" % (NAMES[name], weights)
+    """"baseline" for "baseline 0,0,0", nlu_report's "R-Drop (0,0,0.5)" for "rdrop 0,0,0.5"."""
+    return mode_name("baseline" if mode.startswith("baseline") else mode)
 
 
 def markdown(table: dict) -> str:
